@@ -1,0 +1,89 @@
+"""The host interface: everything a node needs that differs between hosts.
+
+A node never asks "am I in ComfyUI?"; it calls ``get_host()`` and uses this
+interface. Two implementations exist: ``ComfyHost`` (inside a running ComfyUI,
+imports ComfyUI lazily) and ``StandaloneHost`` (stub executor, CLI, tests).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...unet_core.progress import ProgressCallback
+
+# Our model folder names; the first is the canonical one, the rest are legacy aliases.
+MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
+    "diffusion_models": ("diffusion_models", "unet"),
+    "checkpoints": ("checkpoints",),
+    "loras": ("loras",),
+    "unet_segmentation": ("unet_segmentation",),
+}
+
+# File name endings each folder lists (ComfyUI's supported_pt_extensions plus folders' own).
+MODEL_EXTENSIONS: tuple[str, ...] = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".pkl")
+
+
+class Host(ABC):
+    """What a node may ask of whoever runs it."""
+
+    name: str = "host"
+
+    # -- model folders -------------------------------------------------------------
+    @abstractmethod
+    def list_files(self, folder: str) -> list[str]:
+        """Relative names of the model files in ``folder`` (one of MODEL_FOLDERS), sorted."""
+
+    @abstractmethod
+    def resolve(self, folder: str, name: str) -> Path:
+        """The full path of ``name`` in ``folder``; HostError if absent or outside the folder."""
+
+    @abstractmethod
+    def save_directory(self, folder: str) -> Path:
+        """Where new files for ``folder`` are written (created on demand)."""
+
+    @abstractmethod
+    def output_directory(self) -> Path:
+        """The output folder (images, reports)."""
+
+    @abstractmethod
+    def input_directory(self) -> Path:
+        """The input folder (images LoadImage lists)."""
+
+    # -- device and memory ---------------------------------------------------------
+    @abstractmethod
+    def device(self) -> torch.device:
+        """The device models run on."""
+
+    @abstractmethod
+    def offload_device(self) -> torch.device:
+        """Where models rest when not running."""
+
+    @abstractmethod
+    def free_memory(self, device: torch.device | None = None) -> int:
+        """Free bytes on ``device`` (default: ``self.device()``)."""
+
+    @abstractmethod
+    def release_memory(self) -> None:
+        """Give cached accelerator memory back after heavy work."""
+
+    # -- progress ------------------------------------------------------------------
+    @abstractmethod
+    def progress(self, total: int, node_id: str | None = None) -> ProgressCallback:
+        """A callback ``(done, total, message)`` that shows progress to the user."""
+
+    def check_interrupted(self) -> None:
+        """Raise if the user asked to stop; standalone runs are never interrupted."""
+
+    # -- models --------------------------------------------------------------------
+    @abstractmethod
+    def model_from_unet_state_dict(self, state_dict: dict[str, torch.Tensor], spec: Any,
+                                   weight_dtype: torch.dtype | None = None) -> Any:
+        """A MODEL built from a canonical (bare LDM) UNet state dict and its sniffed spec."""
+
+    def model_info(self, model: Any) -> dict[str, Any]:
+        """Family, config and dtype of a MODEL, whichever host made it."""
+        raise NotImplementedError

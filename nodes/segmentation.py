@@ -1,0 +1,4 @@
+"""segmentation nodes."""
+
+NODE_CLASS_MAPPINGS: dict[str, type] = {}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

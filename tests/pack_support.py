@@ -1,0 +1,24 @@
+"""Shared test helpers: where the repository is, and loading the pack under one name."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PACK_NAME = "unet_lab"
+
+
+def load_pack(name: str = PACK_NAME):
+    """Import the pack from its ``__init__.py`` under ``name`` (as ComfyUI does)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(REPO_ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+

@@ -1,0 +1,1 @@
+"""Reading, sniffing, converting and writing diffusion UNet weight files."""

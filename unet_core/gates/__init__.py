@@ -1,0 +1,1 @@
+"""Attention gates: diffusion skip gates and the gate module shared with segmentation."""

@@ -1,0 +1,1 @@
+"""The stub graph executor: ComfyUI workflow formats, validation and execution."""

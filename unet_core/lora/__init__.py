@@ -1,0 +1,1 @@
+"""LoRA formats, block maps and block weights, patching and baking."""

@@ -1,0 +1,1 @@
+"""Segmentation U-Nets: architectures, checkpoints, tiled inference, training."""
