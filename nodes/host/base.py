@@ -53,6 +53,10 @@ class Host(ABC):
     def input_directory(self) -> Path:
         """The input folder (images LoadImage lists)."""
 
+    @abstractmethod
+    def temp_directory(self) -> Path:
+        """The temporary folder (PreviewImage writes there)."""
+
     # -- device and memory ---------------------------------------------------------
     @abstractmethod
     def device(self) -> torch.device:
@@ -87,3 +91,29 @@ class Host(ABC):
     def model_info(self, model: Any) -> dict[str, Any]:
         """Family, config and dtype of a MODEL, whichever host made it."""
         raise NotImplementedError
+
+    # -- LoRA patches (unet_core.lora) ------------------------------------------------
+    def unet_weight_shapes(self, model: Any) -> dict[str, tuple[int, ...]]:
+        """Bare LDM parameter name -> shape for a MODEL's UNet (shapes only; no copies)."""
+        inner = getattr(model, "model", model)
+        state = inner.state_dict()
+        prefix = "diffusion_model."
+        shapes = {k[len(prefix):]: tuple(v.shape) for k, v in state.items() if k.startswith(prefix)}
+        return shapes or {k: tuple(v.shape) for k, v in state.items()}
+
+    def add_lora_patches(self, model: Any, lora_state_dict: dict[str, torch.Tensor],
+                         plan: Any) -> tuple[Any, set[str]]:
+        """A clone of ``model`` with a LoRA plan's patches added, one ``add_patches`` call per block.
+
+        ``plan`` is a ``unet_core.lora.plan.LoraPlan``; each group's strength is
+        ``strength * block weight``. The input MODEL is never modified. Default: the plan's own
+        patch objects on a patcher with ComfyUI's ``clone``/``add_patches`` API (standalone).
+        Returns the clone and the model keys that took a patch.
+        """
+        patched = model.clone()
+        applied: set[str] = set()
+        for group in plan.groups:
+            if group.weight == 0 or not group.patches:
+                continue
+            applied.update(patched.add_patches(group.patches, group.weight))
+        return patched, applied

@@ -62,6 +62,9 @@ class ComfyHost(Host):
     def input_directory(self) -> Path:
         return Path(_folder_paths().get_input_directory())
 
+    def temp_directory(self) -> Path:
+        return Path(_folder_paths().get_temp_directory())
+
     def device(self) -> torch.device:
         import comfy.model_management as mm
 
@@ -109,3 +112,59 @@ class ComfyHost(Host):
         if model is None:
             raise HostError(f"ComfyUI could not detect the model type of {getattr(spec, 'path', 'this UNet')}")
         return model
+
+    # -- LoRA patches (unet_core.lora) ------------------------------------------------
+    def add_lora_patches(self, model: Any, lora_state_dict: dict[str, torch.Tensor],
+                         plan: Any) -> tuple[Any, set[str]]:
+        """ComfyUI's own LoRA adapters, added through its ModelPatcher one block at a time.
+
+        ``plan.key_map`` maps every LoRA key prefix we resolved (kohya, diffusers, PEFT with or
+        without ``unet.``/``base_model.model.``, LyCORIS) to ``diffusion_model.<ldm key>``;
+        ``comfy.lora.load_lora`` turns it into the same patch objects core LoraLoaderModelOnly
+        makes, so weight management (low VRAM, unpatching) keeps working, and with every block
+        weight at 1 the patches equal core's.
+        """
+        import comfy.lora
+
+        patches = comfy.lora.load_lora(lora_state_dict, plan.key_map, log_missing=False)
+        by_block: dict[str, dict[Any, Any]] = {}
+        for key, patch in patches.items():
+            name = key if isinstance(key, str) else key[0]
+            by_block.setdefault(plan.group_of_key(name), {})[key] = patch
+        weights = {group.block: group.weight for group in plan.groups}
+        patched = model.clone()
+        applied: set[str] = set()
+        for block, group in by_block.items():
+            weight = weights.get(block, plan.strength * plan.weights.get(block, 1.0))
+            if weight == 0:
+                continue
+            for key in patched.add_patches(group, weight):
+                applied.add(key if isinstance(key, str) else key[0])
+        return patched, applied
+
+    def bake_lora_patches(self, model: Any) -> Any:
+        """A new ComfyUI MODEL whose UNet weights hold ``model``'s patches merged in.
+
+        Weights come from ``get_key_patches`` (the unpatched originals even while a model is
+        loaded and patched) and are merged with ``comfy.lora.calculate_weight``, as ComfyUI's own
+        merge/save paths do; unpatched tensors are shared, not copied.
+        """
+        import comfy.lora
+        import comfy.sd
+
+        prefix = "diffusion_model."
+        state: dict[str, torch.Tensor] = {}
+        for key, entry in model.get_key_patches(prefix).items():
+            weight, convert = entry[0]
+            if len(entry) > 1:
+                work = convert(weight.to(device=self.offload_device(), dtype=torch.float32, copy=True), inplace=True)
+                weight = comfy.lora.calculate_weight(entry[1:], work, key).to(weight.dtype)
+            state[key[len(prefix):]] = weight
+        options: dict[str, Any] = {}
+        get_dtype = getattr(model.model, "get_dtype", None)
+        if callable(get_dtype):
+            options["dtype"] = get_dtype()
+        baked = comfy.sd.load_diffusion_model_state_dict(state, model_options=options)
+        if baked is None:
+            raise HostError("ComfyUI could not rebuild the model after baking the LoRA")
+        return baked

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -76,10 +77,11 @@ class StandaloneHost(Host):
 
     def __init__(self, models_root: str | Path | None = None, output_dir: str | Path | None = None,
                  input_dir: str | Path | None = None, device: str | torch.device | None = None,
-                 show_progress: bool = True) -> None:
+                 show_progress: bool = True, temp_dir: str | Path | None = None) -> None:
         self.models_root = Path(models_root or os.environ.get(MODELS_ENV) or "models").absolute()
         self._output = Path(output_dir or os.environ.get(OUTPUT_ENV) or "output").absolute()
         self._input = Path(input_dir or os.environ.get(INPUT_ENV) or "input").absolute()
+        self._temp = Path(temp_dir or Path(tempfile.gettempdir()) / "unet_lab_temp").absolute()
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self._device = torch.device(device)
@@ -109,6 +111,10 @@ class StandaloneHost(Host):
 
     def input_directory(self) -> Path:
         return self._input
+
+    def temp_directory(self) -> Path:
+        self._temp.mkdir(parents=True, exist_ok=True)
+        return self._temp
 
     # -- device --------------------------------------------------------------------
     def device(self) -> torch.device:
