@@ -14,8 +14,8 @@ _PROBE = r"""
 import importlib.util, json, sys
 root = sys.argv[1]
 before = set(sys.modules)
-# ComfyUI derives the module name from the folder path; use an awkward one on purpose.
-spec = importlib.util.spec_from_file_location("custom_nodes.unet-lab-main", root + "/__init__.py")
+# ComfyUI 0.3.64 (nodes.load_custom_node) names a folder pack after its path, dots replaced by "_x_".
+spec = importlib.util.spec_from_file_location(root.replace(".", "_x_"), root + "/__init__.py")
 module = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = module
 spec.loader.exec_module(module)

@@ -1,0 +1,1 @@
+"""Readers for segmentation weights users already have (milesial Pytorch-UNet, smp)."""
