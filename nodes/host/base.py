@@ -88,9 +88,17 @@ class Host(ABC):
                                    weight_dtype: torch.dtype | None = None) -> Any:
         """A MODEL built from a canonical (bare LDM) UNet state dict and its sniffed spec."""
 
+    @abstractmethod
     def model_info(self, model: Any) -> dict[str, Any]:
         """Family, config and dtype of a MODEL, whichever host made it."""
-        raise NotImplementedError
+
+    @abstractmethod
+    def swap_unet(self, model: Any, state_dict: dict[str, torch.Tensor], spec: Any) -> Any:
+        """A clone of ``model`` whose UNet weights are ``state_dict``'s; options and patches kept."""
+
+    @abstractmethod
+    def unet_state_dict_for_saving(self, model: Any) -> dict[str, torch.Tensor]:
+        """The canonical (bare LDM) UNet weights of ``model`` with its weight patches merged."""
 
     # -- LoRA patches (unet_core.lora) ------------------------------------------------
     def unet_weight_shapes(self, model: Any) -> dict[str, tuple[int, ...]]:
@@ -117,3 +125,7 @@ class Host(ABC):
                 continue
             applied.update(patched.add_patches(group.patches, group.weight))
         return patched, applied
+
+    def bake_lora_patches(self, model: Any) -> Any:
+        """A new MODEL whose UNet weights hold ``model``'s weight patches merged in."""
+        raise NotImplementedError(f"{type(self).__name__} cannot bake patches into a MODEL")

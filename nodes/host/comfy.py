@@ -111,6 +111,8 @@ class ComfyHost(Host):
         model = comfy.sd.load_diffusion_model_state_dict(dict(state_dict), model_options=options)
         if model is None:
             raise HostError(f"ComfyUI could not detect the model type of {getattr(spec, 'path', 'this UNet')}")
+        if getattr(spec, "prediction_forced", False):  # the user chose eps / v on the loader
+            model = self._apply_prediction(model, getattr(spec, "prediction", None))
         return model
 
     # -- LoRA patches (unet_core.lora) ------------------------------------------------
@@ -168,3 +170,74 @@ class ComfyHost(Host):
         if baked is None:
             raise HostError("ComfyUI could not rebuild the model after baking the LoRA")
         return baked
+
+    # -- diffusion MODEL (unet_core.diffusion) -------------------------------------------
+    def _apply_prediction(self, model: Any, prediction: str | None) -> Any:
+        """Force eps / v prediction the way ComfyUI's ModelSamplingDiscrete node does."""
+        if prediction not in ("epsilon", "v_prediction"):
+            return model
+        import comfy.model_base
+        import comfy.model_sampling
+
+        wanted = comfy.model_base.ModelType.V_PREDICTION if prediction == "v_prediction" \
+            else comfy.model_base.ModelType.EPS
+        if getattr(model.model, "model_type", None) == wanted:
+            return model
+        kind = comfy.model_sampling.V_PREDICTION if prediction == "v_prediction" else comfy.model_sampling.EPS
+
+        class _Sampling(comfy.model_sampling.ModelSamplingDiscrete, kind):
+            pass
+
+        patched = model.clone()
+        patched.add_object_patch("model_sampling", _Sampling(model.model.model_config))
+        return patched
+
+    def model_info(self, model: Any) -> dict[str, Any]:
+        """Family, config and dtype of a ComfyUI MODEL, from ``model.model.model_config``."""
+        from ...unet_core.checkpoints.spec import family_of
+        from ...unet_core.diffusion.ldm_config import config_from_ldm_unet_config
+
+        inner = getattr(model, "model", None)
+        model_config = getattr(inner, "model_config", None)
+        unet_config = getattr(model_config, "unet_config", None)
+        if not isinstance(unet_config, dict):
+            raise HostError(f"this MODEL ({type(inner).__name__}) has no UNet config: not an SD-family UNet")
+        try:
+            config = config_from_ldm_unet_config(unet_config)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise HostError(f"this MODEL ({type(model_config).__name__}) is not an SD-family UNet: {exc}") from None
+        model_type = getattr(getattr(inner, "model_type", None), "name", None)
+        prediction = {"EPS": "epsilon", "V_PREDICTION": "v_prediction"}.get(model_type or "", model_type)
+        try:
+            weight_dtype = model.model_dtype()
+        except Exception:  # noqa: BLE001 - informative only
+            weight_dtype = None
+        return {"family": family_of(config), "config": config, "prediction": prediction,
+                "weight_dtype": weight_dtype, "comfy_config": type(model_config).__name__,
+                "patched_keys": len(getattr(model, "patches", {})), "host": self.name}
+
+    def swap_unet(self, model: Any, state_dict: dict[str, torch.Tensor], spec: Any) -> Any:
+        """A clone of ``model`` whose UNet weights are ``state_dict``'s, through ComfyUI "set" patches.
+
+        The "set" entries go first in each key's patch list, so the MODEL's own patches (a LoRA…)
+        apply on top; ComfyUI's weight management (``comfy.lora.calculate_weight``, low-VRAM
+        patching) applies them when the model loads. The input MODEL is not modified.
+        """
+        import uuid
+
+        patched = model.clone()
+        model_keys = set(patched.model.state_dict().keys())
+        for k, tensor in state_dict.items():
+            key = "diffusion_model." + k
+            if key not in model_keys:
+                raise HostError(f"Swap UNet: {k} is not a weight of this MODEL")
+            patched.patches[key] = [(1.0, ("set", (tensor,)), 1.0, None, None)] + list(patched.patches.get(key, []))
+        patched.patches_uuid = uuid.uuid4()
+        return patched
+
+    def unet_state_dict_for_saving(self, model: Any) -> dict[str, torch.Tensor]:
+        """Bare-LDM UNet weights with the MODEL's patches merged (as ComfyUI's checkpoint save does)."""
+        import comfy.model_management as mm
+
+        mm.load_models_gpu([model], force_patch_weights=True)
+        return {k: v.detach() for k, v in model.model.diffusion_model.state_dict().items()}

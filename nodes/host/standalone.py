@@ -147,3 +147,47 @@ class StandaloneHost(Host):
 
         return create_model_patcher(state_dict, spec, weight_dtype=weight_dtype,
                                     load_device=self._device, offload_device=self.offload_device())
+
+    # -- LoRA patches (unet_core.lora) ------------------------------------------------
+    def bake_lora_patches(self, model: Any) -> Any:
+        """A new MODEL whose UNet weights hold ``model``'s weight patches merged in.
+
+        Unpatched tensors are shared with ``model`` (the patcher never mutates weights), so
+        baking costs the memory of the patched tensors only; the input MODEL is unchanged.
+        """
+        import copy
+        from types import SimpleNamespace
+
+        from ...unet_core.diffusion.patcher import create_model_patcher
+
+        inner = model.model
+        spec = getattr(inner, "spec", None)
+        if getattr(spec, "config", None) is None:
+            spec = SimpleNamespace(config=inner.unet_config, family=inner.family,
+                                   prediction=getattr(inner, "prediction", None), path=None)
+        baked = create_model_patcher(model.baked_state_dict(), spec, load_device=model.load_device,
+                                     offload_device=model.offload_device)
+        baked.model_options = copy.deepcopy(model.model_options)
+        return baked
+
+    # -- diffusion MODEL (unet_core.diffusion) -------------------------------------------
+    def model_info(self, model: Any) -> dict[str, Any]:
+        """Family, config, dtypes and prediction of a standalone MODEL (a UNetPatcher)."""
+        from ...unet_core.diffusion.patcher import UNetPatcher
+        from ...unet_core.errors import InputError
+
+        if not isinstance(model, UNetPatcher):
+            raise InputError(f"expected a MODEL made by UNet Lab's standalone host, got {type(model).__name__}")
+        unet = model.diffusion_model
+        return {"family": model.model.family, "config": model.model.unet_config,
+                "prediction": model.model.prediction, "weight_dtype": model.model_dtype(),
+                "compute_dtype": unet.dtype, "patched_keys": len(model.patches),
+                "params": sum(p.numel() for p in unet.parameters()), "host": self.name}
+
+    def swap_unet(self, model: Any, state_dict: dict[str, torch.Tensor], spec: Any) -> Any:
+        """A clone of ``model`` running ``state_dict``'s UNet weights, patches and options kept."""
+        return model.with_unet_weights(state_dict)
+
+    def unet_state_dict_for_saving(self, model: Any) -> dict[str, torch.Tensor]:
+        """Bare-LDM UNet weights of ``model`` with every weight patch merged."""
+        return model.baked_state_dict()
