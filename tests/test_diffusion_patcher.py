@@ -294,3 +294,28 @@ def test_model_options_deepcopied_on_clone(patcher):
     c.model_options["transformer_options"]["custom"]["a"].append(2)
     assert patcher.model_options["transformer_options"]["custom"] == {"a": [1]}
     assert copy.deepcopy(c.model_options)["transformer_options"]["custom"] == {"a": [1, 2]}
+
+
+def test_a_failing_patched_run_puts_the_original_weights_back(patcher, sd1_sd):
+    originals = {name: param for name, param in patcher.diffusion_model.named_parameters()}
+    clone = patcher.clone()
+    clone.add_patches({"diffusion_model." + KEY: ("diff", (torch.ones(64, 64),))}, 1.0)
+
+    owner_path, _, leaf = KEY.rpartition(".")
+
+    def fail(h, hsp, opts):
+        # mid-run, the shared module holds the patched weight ...
+        seen.append(patcher.diffusion_model.get_submodule(owner_path)._parameters[leaf] is originals[KEY])
+        raise RuntimeError("patch failed")
+
+    seen: list[bool] = []
+    clone.set_model_output_block_patch(fail)
+    x, t, ctx = _inputs()
+    with torch.no_grad(), pytest.raises(RuntimeError, match="patch failed"):
+        clone.apply_model(x, t, ctx)
+    assert seen == [False]
+    # ... and after the failure every parameter object is the original one again
+    for name, param in patcher.diffusion_model.named_parameters():
+        assert param is originals[name], name
+    with torch.no_grad():
+        torch.testing.assert_close(patcher.apply_model(x, t, ctx), _reference(sd1_sd)(x, t, ctx), atol=1e-5, rtol=1e-5)
