@@ -21,6 +21,7 @@ MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
     "checkpoints": ("checkpoints",),
     "loras": ("loras",),
     "unet_segmentation": ("unet_segmentation",),
+    "unet_gates": ("unet_gates",),
 }
 
 # File name endings each folder lists (ComfyUI's supported_pt_extensions plus folders' own).

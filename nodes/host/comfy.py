@@ -22,15 +22,18 @@ log = logging.getLogger(__name__)
 
 # Our folder name -> ComfyUI's folder_paths key.
 _COMFY_KEYS = {"diffusion_models": "diffusion_models", "checkpoints": "checkpoints",
-               "loras": "loras", "unet_segmentation": "unet_segmentation"}
+               "loras": "loras", "unet_segmentation": "unet_segmentation", "unet_gates": "unet_gates"}
+# Our own folders, registered under ComfyUI's models directory on first use.
+_OWN_FOLDERS = ("unet_segmentation", "unet_gates")
 
 
 def _folder_paths() -> Any:
     import folder_paths
 
-    if "unet_segmentation" not in folder_paths.folder_names_and_paths:
-        path = os.path.join(folder_paths.models_dir, "unet_segmentation")
-        folder_paths.folder_names_and_paths["unet_segmentation"] = ([path], set(MODEL_EXTENSIONS))
+    for name in _OWN_FOLDERS:
+        if name not in folder_paths.folder_names_and_paths:
+            path = os.path.join(folder_paths.models_dir, name)
+            folder_paths.folder_names_and_paths[name] = ([path], set(MODEL_EXTENSIONS))
     return folder_paths
 
 

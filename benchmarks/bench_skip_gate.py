@@ -1,0 +1,218 @@
+"""Per-step overhead of the skip attention gate on full-size SD1 and SDXL UNets.
+
+Our UNet (``unet_core.diffusion.unet.UNetModel``) with random weights, fp16 on CUDA, batch 2
+(SD1 64x64 latents, 77x768 context; SDXL 128x128, 77x2048, ADM 2816), inference mode. Each
+variant runs the same inputs; variants alternate step by step (rounds of one step each) so
+clock drift and interference from other processes hit all alike; the GC is off while timing; every step is timed between two ``torch.cuda.synchronize()`` calls, and the
+median over all timed steps after warm-up is compared with the unpatched model's median
+from the same run. Goal: overhead <= 3 %.
+
+    python benchmarks/bench_skip_gate.py --device cuda --json results.json
+    python benchmarks/bench_skip_gate.py --quick            # CPU smoke run on reduced configs
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("bench_skip_gate")
+
+
+def _load_pack(name: str = "unet_lab"):
+    """Make the pack importable as ``unet_lab`` without running its ``__init__`` (no node modules:
+    the benchmark needs only ``unet_core``)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(REPO_ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    return module
+
+
+def _configs(quick: bool):
+    from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SDXL_CONFIG, UNetConfig
+
+    if not quick:
+        return {"sd1": (SD1_CONFIG, 64), "sdxl": (SDXL_CONFIG, 128)}
+    sd1 = UNetConfig(block_out_channels=(32, 64, 64, 64), layers_per_block=2, transformer_layers_per_block=(1, 1, 1, 0),
+                     num_attention_heads=(2, 2, 2, 2), cross_attention_dim=64, norm_num_groups=8)
+    sdxl = UNetConfig(block_out_channels=(32, 64, 64), layers_per_block=2, transformer_layers_per_block=(0, 1, 2),
+                      num_attention_heads=(2, 2, 2), cross_attention_dim=64, use_linear_projection=True,
+                      norm_num_groups=8, addition_embed_type="text_time", addition_time_embed_dim=8,
+                      projection_class_embeddings_input_dim=64)
+    return {"sd1": (sd1, 32), "sdxl": (sdxl, 32)}
+
+
+def _variants(config):
+    """name -> transformer_options (None: the unpatched reference)."""
+    from unet_lab.unet_core.gates.skip_gate import GateMapRecorder, SkipGatePatch, build_settings
+
+    def opts(patch, cond_or_uncond=(1, 0)):
+        return {"patches": {"output_block_patch": [patch]}, "cond_or_uncond": list(cond_or_uncond)}
+
+    both = build_settings(config, 0.5, floor=0.1)
+    cond = build_settings(config, 0.5, floor=0.1, apply_to="cond")
+    return {
+        "unpatched": {"cond_or_uncond": [1, 0]},
+        "gate all levels": opts(SkipGatePatch(both)),
+        "gate + record maps": opts(SkipGatePatch(both, recorder=GateMapRecorder(config))),
+        "gate cond only": opts(SkipGatePatch(cond)),
+        "strength 0": opts(SkipGatePatch(build_settings(config, 0.0))),
+    }
+
+
+def _inputs(config, size: int, device, dtype, batch: int = 2):
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(batch, config.in_channels, size, size, generator=gen).to(device, dtype)
+    t = torch.tensor([500.0] * batch, device=device)
+    context = torch.randn(batch, 77, config.cross_attention_dim, generator=gen).to(device, dtype)
+    y = None
+    if config.projection_class_embeddings_input_dim:
+        y = torch.randn(batch, config.projection_class_embeddings_input_dim, generator=gen).to(device, dtype)
+    return x, t, context, y
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _kernel_profile(model, variants: dict, inputs: tuple, device, steps: int = 5) -> dict:
+    """GPU kernel time and kernel count per step (torch.profiler), free of CPU-side jitter."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x, t, context, y = inputs
+    result = {}
+    base = None
+    with torch.inference_mode():
+        for name, options in variants.items():
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(steps):
+                    model(x, t, context, y, transformer_options=options)
+                _sync(device)
+            events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+            gpu_us = sum(e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total
+                         for e in events) / steps
+            count = len(events) / steps
+            if base is None:
+                base = (gpu_us, count)
+            result[name] = {"gpu_kernel_ms": round(gpu_us / 1e3, 3), "kernels_per_step": round(count, 1),
+                            "gpu_overhead_pct": round((gpu_us / base[0] - 1.0) * 100.0, 2)}
+    return result
+
+
+def bench_family(family: str, config, size: int, device, dtype, warmup: int, rounds: int, steps: int) -> dict:
+    from unet_lab.unet_core.diffusion.unet import UNetModel
+
+    torch.manual_seed(0)
+    with device:  # build the weights on the device (an SDXL UNet is 10 GB in fp32)
+        model = UNetModel(config)
+    model = model.to(dtype=dtype).eval()
+    model.dtype = dtype
+    x, t, context, y = _inputs(config, size, device, dtype)
+    variants = _variants(config)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    outputs = {}
+    with torch.inference_mode():
+        for name, options in variants.items():  # warm-up (and one output per variant)
+            for _ in range(warmup):
+                out = model(x, t, context, y, transformer_options=options)
+            outputs[name] = out.float()
+        _sync(device)
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(rounds):
+                for name, options in variants.items():
+                    for _ in range(steps):
+                        _sync(device)
+                        start = time.perf_counter()
+                        model(x, t, context, y, transformer_options=options)
+                        _sync(device)
+                        times[name].append(time.perf_counter() - start)
+        finally:
+            gc.enable()
+    kernels = _kernel_profile(model, variants, (x, t, context, y), device) if device.type == "cuda" else {}
+    ref = outputs["unpatched"]
+    base = statistics.median(times["unpatched"])
+    base_p10 = sorted(times["unpatched"])[len(times["unpatched"]) // 10]
+    result = {"family": family, "latent": [size, size], "batch": 2, "dtype": str(dtype).replace("torch.", ""),
+              "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
+              "steps_per_variant": len(times["unpatched"]), "variants": {}}
+    for name, samples in times.items():
+        samples = sorted(samples)
+        median = statistics.median(samples)
+        result["variants"][name] = {
+            "median_ms": round(median * 1e3, 3),
+            "p10_ms": round(samples[len(samples) // 10] * 1e3, 3),
+            "p90_ms": round(samples[(9 * len(samples)) // 10] * 1e3, 3),
+            "overhead_pct": round((median / base - 1.0) * 100.0, 2),
+            "overhead_p10_pct": round((samples[len(samples) // 10] / base_p10 - 1.0) * 100.0, 2),
+            **kernels.get(name, {}),
+            "output_changed": bool(not torch.equal(outputs[name], ref)),
+            "output_finite": bool(torch.isfinite(outputs[name]).all()),
+        }
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", nargs="?", const="-", default=None,
+                        help="write the results as JSON to this file ('-' or no value: stdout)")
+    parser.add_argument("--quick", action="store_true", help="CPU smoke run on reduced configs, few steps")
+    parser.add_argument("--families", default="sd1,sdxl")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None, help="steps per variant per round")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+    _load_pack()
+    device = torch.device("cpu" if args.quick and args.device == "cuda" and not torch.cuda.is_available()
+                          else args.device)
+    if args.quick:
+        torch.set_num_threads(1)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    warmup = 2 if args.quick else 10
+    # variants alternate every step (steps=1) so drift and interference hit all of them alike
+    rounds = args.rounds or (2 if args.quick else 200)
+    steps = args.steps or (2 if args.quick else 1)
+    report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "quick": args.quick, "goal_overhead_pct": 3.0, "results": []}
+    configs = _configs(args.quick)
+    for family in [f.strip() for f in args.families.split(",") if f.strip()]:
+        config, size = configs[family]
+        result = bench_family(family, config, size, device, dtype, warmup, rounds, steps)
+        report["results"].append(result)
+        for name, v in result["variants"].items():
+            log.info("%-5s %-20s median %8.3f ms  (p10 %8.3f, p90 %8.3f)  overhead %+6.2f %% (at p10 %+6.2f %%)  "
+                     "GPU kernels %s ms (%+.2f %%, %s a step)  changed=%s finite=%s", family, name, v["median_ms"],
+                     v["p10_ms"], v["p90_ms"], v["overhead_pct"], v["overhead_p10_pct"], v.get("gpu_kernel_ms", "-"),
+                     v.get("gpu_overhead_pct", 0.0), v.get("kernels_per_step", "-"),
+                     v["output_changed"], v["output_finite"])
+    if args.json:
+        text = json.dumps(report, indent=2)
+        if args.json == "-":
+            sys.stdout.write(text + "\n")
+        else:
+            Path(args.json).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
