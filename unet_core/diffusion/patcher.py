@@ -17,7 +17,7 @@ import contextlib
 import copy
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -98,6 +98,8 @@ class UNetPatcher:
         self.model_options: dict[str, Any] = {"transformer_options": {}}
         self._cache_uuid: uuid.UUID | None = None
         self._cache: dict[str, torch.Tensor] = {}
+        self._slots: list[tuple[dict, str]] = []  # where each patched weight goes in the shared module
+        self._slots_uuid: uuid.UUID | None = None
 
     # -- identity ------------------------------------------------------------------
     @property
@@ -265,7 +267,11 @@ class UNetPatcher:
     def _run(self, x: torch.Tensor, t: torch.Tensor, c_crossattn: torch.Tensor | None = None,
              y: torch.Tensor | None = None, transformer_options: dict | None = None,
              **_: Any) -> torch.Tensor:
-        with _swapped_tensors(self.diffusion_model, self.patched_weights()):
+        weights = self.patched_weights()
+        if self._slots_uuid != self._cache_uuid:
+            self._slots = _parameter_slots(self.diffusion_model, weights)
+            self._slots_uuid = self._cache_uuid
+        with _swapped_tensors(self._slots, list(weights.values())):
             return self.diffusion_model(x, t, c_crossattn, y=y, transformer_options=transformer_options)
 
     def apply_model(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
@@ -297,20 +303,26 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
     return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
 
 
+def _parameter_slots(module: nn.Module, names: Iterable[str]) -> list[tuple[dict, str]]:
+    """For each parameter name, the dictionary that holds it in ``module`` and its key there."""
+    slots = []
+    for name in names:
+        owner_path, _, leaf = name.rpartition(".")
+        owner = module.get_submodule(owner_path) if owner_path else module
+        slots.append((owner._parameters if leaf in owner._parameters else owner._buffers, leaf))
+    return slots
+
+
 @contextlib.contextmanager
-def _swapped_tensors(module: nn.Module, tensors: dict[str, torch.Tensor]) -> Iterator[None]:
-    """Put ``tensors`` (parameter name -> tensor) into ``module`` for the block, then restore."""
-    restore: list[tuple[dict, str, Any]] = []
+def _swapped_tensors(slots: list[tuple[dict, str]], tensors: list[torch.Tensor]) -> Iterator[None]:
+    """Put ``tensors`` into their ``slots`` for the block, then put the originals back."""
+    originals = [table[leaf] for table, leaf in slots]
     try:
-        for name, tensor in tensors.items():
-            owner_path, _, leaf = name.rpartition(".")
-            owner = module.get_submodule(owner_path) if owner_path else module
-            table = owner._parameters if leaf in owner._parameters else owner._buffers
-            restore.append((table, leaf, table[leaf]))
+        for (table, leaf), tensor in zip(slots, tensors):
             table[leaf] = tensor
         yield
     finally:
-        for table, leaf, original in reversed(restore):
+        for (table, leaf), original in zip(slots, originals):
             table[leaf] = original
 
 
