@@ -74,7 +74,7 @@ class UNetLabLoadUNet:
 
     def load(self, unet_name: str, weight_dtype: str, prediction: str) -> tuple[Any, str]:
         from ..unet_core.checkpoints.loader import load_unet
-        from ..unet_core.checkpoints.report import describe
+        from ..unet_core.checkpoints.report import describe, summary
         from ..unet_core.diffusion.patcher import weight_dtype_from_name
 
         host = get_host()
@@ -89,7 +89,7 @@ class UNetLabLoadUNet:
         info = describe(spec)
         info += f"\nloaded with weight dtype {weight_dtype}" + ("" if dtype is None else f" ({_dtype_name(dtype)})")
         log.info("UNet Lab: loaded %s\n%s", unet_name, info)
-        return model, info
+        return {"ui": {"unet_info": [summary(spec)]}, "result": (model, info)}
 
 
 class UNetLabInspectUNet:
@@ -114,15 +114,16 @@ class UNetLabInspectUNet:
         }}
 
     def inspect(self, file: str) -> dict[str, Any]:
-        from ..unet_core.checkpoints.report import describe
+        from ..unet_core.checkpoints.report import describe, summary
         from ..unet_core.checkpoints.sniff import sniff
         from ..unet_core.errors import InputError
 
         folder, _, name = file.partition("/")
         if folder not in INSPECT_FOLDERS or not name:
             raise InputError(f"Inspect UNet: {file!r} must start with one of {', '.join(INSPECT_FOLDERS)}/")
-        report = describe(sniff(get_host().resolve(folder, name)))
-        return {"ui": {"text": [report]}, "result": (report,)}
+        spec = sniff(get_host().resolve(folder, name))
+        report = describe(spec)
+        return {"ui": {"text": [report], "unet_info": [summary(spec)]}, "result": (report,)}
 
 
 class UNetLabSwapUNet:

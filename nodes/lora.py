@@ -61,6 +61,12 @@ def _plan(model: Any, lora_name: str, strength: float, preset: str, block_spec: 
     return host, plan, state
 
 
+def _with_ui(host: Any, model: Any, result_model: Any, report: str) -> dict[str, Any]:
+    """Node result plus what the web editor shows: the report and the model's family (its slider layout)."""
+    family = host.model_info(model).get("family") or ""
+    return {"ui": {"text": [report], "unet_lab_family": [family]}, "result": (result_model, report)}
+
+
 class UNetLabApplyLoRABlockWeights:
     """Apply a LoRA to a MODEL with one weight per UNet block."""
 
@@ -78,12 +84,12 @@ class UNetLabApplyLoRABlockWeights:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return _inputs()
 
-    def apply(self, model: Any, lora_name: str, strength: float, preset: str, block_spec: str) -> tuple[Any, str]:
+    def apply(self, model: Any, lora_name: str, strength: float, preset: str, block_spec: str) -> dict[str, Any]:
         host, plan, state = _plan(model, lora_name, strength, preset, block_spec)
         patched, applied = host.add_lora_patches(model, state, plan)
         report = plan.report(applied)
         log.info("UNet Lab LoRA\n%s", report)
-        return patched, report
+        return _with_ui(host, model, patched, report)
 
 
 class UNetLabBakeLoRA:
@@ -102,13 +108,13 @@ class UNetLabBakeLoRA:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return _inputs()
 
-    def bake(self, model: Any, lora_name: str, strength: float, preset: str, block_spec: str) -> tuple[Any, str]:
+    def bake(self, model: Any, lora_name: str, strength: float, preset: str, block_spec: str) -> dict[str, Any]:
         host, plan, state = _plan(model, lora_name, strength, preset, block_spec)
         patched, applied = host.add_lora_patches(model, state, plan)
         baked = host.bake_lora_patches(patched)
         report = plan.report(applied, action="baked")
         log.info("UNet Lab LoRA bake\n%s", report)
-        return baked, report
+        return _with_ui(host, model, baked, report)
 
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {

@@ -26,6 +26,7 @@ from ..unet_core.segmentation.synthetic import make_synthetic
 from ..unet_core.segmentation.tiling import BLENDS
 from ..unet_core.segmentation.train import SCHEDULES, TrainConfig, held_out_dice, train_segmentation
 from .host import get_host
+from .host.standalone_nodes import PreviewImage
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,11 @@ class UNetLabSegmentImage:
             lines.append(f"Dice {dice:.4f}, IoU {iou:.4f} against the ground truth")
         report = "\n".join(lines)
         log.info("Segment Image: %s", report)
-        return {"ui": {"text": [report]}, "result": (result.masks, result.probabilities, tinted, report)}
+        # The first overlay as a temp preview, and the first mask's cover, for the web extension.
+        preview = PreviewImage().save_images(tinted[:1], filename_prefix="unet_lab_overlay")["ui"]["images"]
+        cover = f"{result.plane_names[0]} {100.0 * float(result.masks[0].mean()):.1f}%"
+        ui = {"text": [report], "unet_lab_overlay": preview, "unet_lab_mask_info": [cover]}
+        return {"ui": ui, "result": (result.masks, result.probabilities, tinted, report)}
 
 
 class UNetLabTrainSegmentationUNet:

@@ -22,3 +22,10 @@ def load_pack(name: str = PACK_NAME):
     return module
 
 
+
+
+def node_result(output):
+    """A node function's outputs as a tuple, whether it returned a tuple or ``{"ui": ..., "result": ...}``."""
+    if isinstance(output, dict):
+        return tuple(output["result"])
+    return tuple(output)

@@ -9,6 +9,7 @@ import torch
 from safetensors import safe_open
 
 from fixtures_diffusion import (TINY_SD1, TINY_SDXL, diffusers_twin, sdxl_inputs, write_tiny_unet)
+from pack_support import node_result
 from unet_lab.nodes.diffusion import (NODE_CLASS_MAPPINGS, UNetLabInspectUNet, UNetLabLoadUNet, UNetLabSaveUNet,
                                       UNetLabSwapUNet)
 from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SDXL_CONFIG
@@ -36,7 +37,7 @@ def _reference_out(sd, config=TINY_SD1, seed=0):
 
 
 def _load(name, dtype="default", prediction="auto"):
-    return UNetLabLoadUNet().load(name, dtype, prediction)
+    return node_result(UNetLabLoadUNet().load(name, dtype, prediction))
 
 
 def test_nodes_are_registered_with_comfy_metadata():

@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from fixtures_lora import make_lora, make_model, model_maps
+from pack_support import node_result
 from unet_lab.unet_core.errors import BlockSpecError
 from unet_lab.unet_core.lora.blocks import block_of
 
@@ -33,8 +34,8 @@ def test_apply_node_lists_file_patches_clone_and_reports(setup):
     assert "SDXL-OUTALL" in inputs["preset"][0]
     before = {k: v.clone() for k, v in model.diffusion_model.state_dict().items()}
 
-    patched, report = UNetLabApplyLoRABlockWeights().apply(model, "styles/xl_style.safetensors", 0.5,
-                                                           "SDXL-OUTALL", "OUT04=0.25")
+    patched, report = node_result(UNetLabApplyLoRABlockWeights().apply(model, "styles/xl_style.safetensors", 0.5,
+                                                                        "SDXL-OUTALL", "OUT04=0.25"))
     assert patched is not model and not model.patches
     for k, v in model.diffusion_model.state_dict().items():
         assert torch.equal(v, before[k])
@@ -50,12 +51,12 @@ def test_apply_node_lists_file_patches_clone_and_reports(setup):
 
 
 def test_bake_node_returns_a_model_with_merged_weights(setup):
-    from unet_lab.nodes.lora import UNetLabBakeLoRA
+    from unet_lab.nodes.lora import UNetLabApplyLoRABlockWeights, UNetLabBakeLoRA
 
     host, model, expected = setup
     before = {k: v.clone() for k, v in model.diffusion_model.state_dict().items()}
-    baked_model, report = UNetLabBakeLoRA().bake(model, "styles/xl_style.safetensors", 1.0,
-                                                 "none (use block spec)", "")
+    baked_model, report = node_result(UNetLabBakeLoRA().bake(model, "styles/xl_style.safetensors", 1.0,
+                                                             "none (use block spec)", ""))
     assert not baked_model.patches and baked_model.model is not model.model
     weights = baked_model.diffusion_model.state_dict()
     for key, delta in expected.items():
@@ -68,8 +69,8 @@ def test_bake_node_returns_a_model_with_merged_weights(setup):
     ctx = torch.randn(1, 3, cfg.cross_attention_dim)
     y = torch.randn(1, cfg.projection_class_embeddings_input_dim)
     t = torch.tensor([10.0])
-    patched, _ = __import__("unet_lab.nodes.lora", fromlist=["x"]).UNetLabApplyLoRABlockWeights().apply(
-        model, "styles/xl_style.safetensors", 1.0, "none (use block spec)", "")
+    patched, _ = node_result(UNetLabApplyLoRABlockWeights().apply(
+        model, "styles/xl_style.safetensors", 1.0, "none (use block spec)", ""))
     assert torch.allclose(baked_model.apply_model(x, t, ctx, y=y), patched.apply_model(x, t, ctx, y=y), atol=1e-4)
 
 

@@ -56,3 +56,15 @@ def describe(spec: CheckpointSpec) -> str:
     if title:
         lines.append(f"title (metadata): {title}")
     return "\n".join(lines)
+
+
+def summary(spec: CheckpointSpec) -> dict[str, object]:
+    """The few facts a node shows on itself after a run (the web extension's info panel)."""
+    return {
+        "family": spec.family or spec.kind,
+        "dtype": spec.dtype,
+        "turbo": spec.turbo is not None,
+        "prediction": spec.prediction,
+        "layout": spec.layout,
+        "parameters": f"{spec.unet_params / 1e6:.1f} M" if spec.unet_params else None,
+    }
