@@ -26,7 +26,6 @@ the Python + torch runtime).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import math
@@ -37,19 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from _pack import load_core  # benchmarks/ is on sys.path when a script runs
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("bench_load")
-
-
-def _load_pack(name: str = "unet_lab"):
-    """Import the pack as ``unet_lab`` without running its ``__init__`` (only unet_core is needed)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(REPO_ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    return module
 
 
 def _status(field: str) -> int:
@@ -65,7 +55,7 @@ def make_sd1_file(path: Path, seed: int = 0) -> int:
     """Write a real-shape SD1 fp16 UNet (bare LDM keys) of random bytes, streaming tensor by tensor."""
     import torch
 
-    _load_pack()
+    load_core()
     from unet_lab.unet_core.checkpoints.keymap import diffusers_to_ldm_keymap
     from unet_lab.unet_core.diffusion.config import SD1_CONFIG
 
@@ -121,7 +111,7 @@ def child(which: str, path: str, repeats: int, touch: str) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    _load_pack()
+    load_core()
     from safetensors.torch import load_file
 
     from unet_lab.unet_core.checkpoints import safetensors_header
@@ -153,7 +143,7 @@ def child(which: str, path: str, repeats: int, touch: str) -> dict:
 
 def sniff_timings(repeats: int = 7) -> dict[str, float]:
     """Median ``sniff`` time (ms, header parsed each time) on sparse real-shape files of every family/layout."""
-    _load_pack()
+    load_core()
     sys.path.insert(0, str(REPO_ROOT / "tests"))
     import fixtures_checkpoints as fx
 

@@ -23,30 +23,19 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import logging
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from _pack import load_core  # benchmarks/ is on sys.path when a script runs
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("bench_lora")
 PREFIX = "diffusion_model."
-
-
-def _load_pack(name: str = "unet_lab"):
-    """Make the pack importable as ``unet_lab`` without running its ``__init__`` (unet_core only)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(REPO_ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    return module
 
 
 def _lora_modules(shapes: dict[str, tuple[int, ...]]) -> list[str]:
@@ -240,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 16 if args.device == "cuda" else 2)))
 
-    _load_pack()
+    load_core()
     from unet_lab.unet_core.diffusion.config import SDXL_CONFIG
     from unet_lab.unet_core.diffusion.unet import UNetModel
 

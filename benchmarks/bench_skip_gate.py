@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import logging
 import statistics
@@ -25,20 +24,10 @@ from pathlib import Path
 
 import torch
 
+from _pack import load_core  # benchmarks/ is on sys.path when a script runs
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("bench_skip_gate")
-
-
-def _load_pack(name: str = "unet_lab"):
-    """Make the pack importable as ``unet_lab`` without running its ``__init__`` (no node modules:
-    the benchmark needs only ``unet_core``)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(REPO_ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    return module
 
 
 def _configs(quick: bool):
@@ -182,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
-    _load_pack()
+    load_core()
     device = torch.device("cpu" if args.quick and args.device == "cuda" and not torch.cuda.is_available()
                           else args.device)
     if args.quick:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import logging
 import statistics
@@ -32,22 +31,13 @@ from pathlib import Path
 
 import torch
 
+from _pack import load_core  # benchmarks/ is on sys.path when a script runs
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("bench_unet")
 
 
-def _load_pack(name: str = "unet_lab"):
-    """Make the pack importable as ``unet_lab`` without running its ``__init__`` (unet_core only)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(REPO_ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    return module
-
-
-_load_pack()
+load_core()
 from unet_lab.unet_core.checkpoints.keymap import convert_diffusers_to_ldm  # noqa: E402
 from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SDXL_CONFIG, UNetConfig  # noqa: E402
 from unet_lab.unet_core.diffusion.embeddings import sdxl_adm_embedding  # noqa: E402

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,17 +30,23 @@ DROPPED_OPTIONS = {"tooltip", "description", "placeholder"}
 NODE_FIELDS = ("input_order", "output", "output_is_list", "output_name", "output_node", "category", "python_module")
 FILE_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".pkl", ".gguf", ".onnx", ".png", ".jpg",
                  ".jpeg", ".webp", ".gif", ".json", ".yaml", ".mp4", ".webm", ".wav", ".mp3", ".flac", ".glb", ".obj")
-# Input names whose combo lists folder contents even when the recorded list happens to be empty.
-FILE_INPUT_HINTS = ("_name", "image", "video", "audio", "file", "model_file", "config_name")
+# Input names whose combo lists folder contents even when the recorded list happens to be empty
+# (a trailing number too: DualCLIPLoader's clip_name1/clip_name2).
+FILE_INPUT_NAME = re.compile(r"(_name|image|video|audio|file|model_file|config_name)\d*$")
+# Entries ComfyUI adds to a folder's file list that are not files (VAELoader's built-in choices).
+VIRTUAL_ENTRIES = {"pixel_space", "taesd", "taesdxl", "taesd3", "taef1"}
+
+
+def _is_file(option: Any) -> bool:
+    return isinstance(option, str) and option.lower().endswith(FILE_SUFFIXES)
 
 
 def _is_file_list(name: str, options: list[Any], extra: dict[str, Any]) -> bool:
     if extra.get("image_upload") or extra.get("video_upload") or extra.get("audio_upload") or extra.get("file_upload"):
         return True
-    strings = [o for o in options if isinstance(o, str)]
-    if strings and len(strings) == len(options):
-        return all(o.lower().endswith(FILE_SUFFIXES) for o in strings)
-    return not options and name.endswith(FILE_INPUT_HINTS)
+    if options and all(_is_file(o) for o in options):
+        return True
+    return bool(FILE_INPUT_NAME.search(name)) and all(_is_file(o) or o in VIRTUAL_ENTRIES for o in options)
 
 
 def _input_spec(name: str, spec: list[Any]) -> list[Any]:

@@ -78,6 +78,20 @@ def test_same_seed_gives_bitwise_same_weights():
     assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
 
 
+def test_training_works_on_a_model_and_data_made_under_inference_mode():
+    """ComfyUI runs every node inside torch.inference_mode(): loader, data and trainer alike."""
+    with torch.inference_mode():
+        torch.manual_seed(0)
+        model = build_model("unet", depth=2, base_channels=4)
+        images, masks = make_synthetic(6, 32, seed=2)
+        assert next(model.parameters()).is_inference() and images.is_inference()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        result = train_segmentation(model, dataset_from_batches(images, masks), TrainConfig(steps=2, batch_size=2))
+    assert result.steps == 2
+    assert not any(p.is_inference() for p in model.parameters())
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items() if v.is_floating_point())
+
+
 def test_multiclass_training_runs_and_checks_labels():
     torch.manual_seed(0)
     model = build_model("unet", depth=2, base_channels=4, out_channels=3)

@@ -208,6 +208,26 @@ def config_to_diffusers_json(cfg: UNetConfig) -> dict[str, Any]:
     return data
 
 
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _unusable(config: UNetConfig) -> str | None:
+    """Why a stored config cannot build a model (fields shapes do not check: heads, norm groups), or None."""
+    heads = config.num_attention_heads
+    channels = config.block_out_channels
+    if not isinstance(heads, tuple) or len(heads) != len(channels) or not all(map(_positive_int, heads)):
+        return f"num_attention_heads {heads!r} is not one positive integer per level"
+    if not all(isinstance(c, int) and c % h == 0 for c, h in zip(channels, heads)):
+        return f"num_attention_heads {list(heads)} do not divide block_out_channels {list(channels)}"
+    groups = config.norm_num_groups
+    if not _positive_int(groups) or not all(isinstance(c, int) and c % groups == 0 for c in channels):
+        return f"norm_num_groups {groups!r} does not divide every level's channels"
+    if config.addition_embed_type and not _positive_int(config.addition_time_embed_dim):
+        return f"addition_time_embed_dim {config.addition_time_embed_dim!r} is not a positive integer"
+    return None
+
+
 def config_from_metadata(metadata: Mapping[str, str], inferred: UNetConfig) -> tuple[UNetConfig, str | None]:
     """``inferred`` overridden by a config stored in metadata, when it agrees on every shape field.
 
@@ -217,9 +237,15 @@ def config_from_metadata(metadata: Mapping[str, str], inferred: UNetConfig) -> t
     if not raw:
         return inferred, None
     try:
-        stored = UNetConfig.from_dict(json.loads(raw))
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON {type(data).__name__}, not an object")
+        stored = UNetConfig.from_dict(data)
     except (ValueError, TypeError) as exc:
         return inferred, f"the stored config ({CONFIG_METADATA_KEY}) is unreadable ({exc}); shapes used"
+    problem = _unusable(stored)
+    if problem:
+        return inferred, f"the stored config ({CONFIG_METADATA_KEY}) is not usable ({problem}); shapes used"
     clash = [f for f in SHAPE_FIELDS if getattr(stored, f) != getattr(inferred, f)]
     if stored.mid_transformer_layers != inferred.mid_transformer_layers:
         clash.append("mid_block_transformer_layers")

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from ..errors import HostError, NodeExecutionError, PromptValidationError, UNetLabError, WorkflowError
 from .calls import gather_inputs, is_link, map_over_lists, merge_results
@@ -152,7 +155,19 @@ class Executor:
 
     # -- running -------------------------------------------------------------------------------
     def run(self, data: Any, extra_data: Mapping[str, Any] | None = None, source: str = "workflow") -> RunResult:
-        """Validate and execute a prompt or workflow; PromptValidationError / HostError / NodeExecutionError."""
+        """Validate and execute a prompt or workflow; PromptValidationError / HostError / NodeExecutionError.
+
+        Like ComfyUI's ``PromptExecutor``, everything runs inside ``torch.inference_mode()``: a node
+        that trains must switch autograd back on itself.
+        """
+        try:
+            with torch.inference_mode():
+                return self._run(data, extra_data, source)
+        except RecursionError:  # graph walks recurse once per link: a chain thousands of nodes long
+            raise WorkflowError(f"{source}: the graph's chains of linked nodes are too long to walk "
+                                f"(Python recursion limit {sys.getrecursionlimit()})") from None
+
+    def _run(self, data: Any, extra_data: Mapping[str, Any] | None, source: str) -> RunResult:
         prompt, found_extra = self.to_prompt(data, source)
         extra = {**found_extra, **(dict(extra_data) if extra_data else {})}
         check = self.validate(prompt, extra)
@@ -249,7 +264,7 @@ class Executor:
         inputs = node.get("inputs") or {}
         for name in sorted(inputs):
             value = inputs[name]
-            if is_link(value):
+            if is_link(value) and str(value[0]) in prompt:  # a link into a missing node is a stray value
                 ancestor = self._signature(str(value[0]), prompt, schemas, done, is_changed, extra)
                 parts.append((name, ("link", ancestor, value[1])))
             else:

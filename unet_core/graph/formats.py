@@ -272,6 +272,8 @@ def ui_to_api(workflow: Mapping[str, Any], schemas: SchemaSet) -> dict[str, Any]
     except (TypeError, ValueError, AttributeError, KeyError, IndexError) as error:
         log.debug("malformed workflow", exc_info=True)
         raise WorkflowError(f"workflow: malformed UI workflow ({type(error).__name__}: {error})") from None
+    except RecursionError:  # link resolution recurses once per reroute/bypassed node
+        raise WorkflowError("workflow: chains of reroutes or bypassed nodes are too long to resolve") from None
 
 
 def _ui_to_api(workflow: Mapping[str, Any], schemas: SchemaSet) -> dict[str, Any]:

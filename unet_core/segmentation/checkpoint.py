@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -184,6 +183,16 @@ def _read_json(metadata: Mapping[str, str], key: str, where: Path, default: Any 
         raise SegmentationError(f"{where}: header field {key!r} is not valid JSON ({exc})") from None
 
 
+def _normalization_ok(norm: Any, channels: int) -> bool:
+    def numbers(value: Any) -> bool:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        return isinstance(value, list) and len(value) in (1, channels) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+
+    return isinstance(norm, dict) and numbers(norm.get("mean", 0.0)) and numbers(norm.get("std", 1.0))
+
+
 def _load_ours(path: Path, metadata: Mapping[str, str], device: str) -> tuple[SegmentationUNet, SegmentationMeta]:
     arch = metadata.get("architecture")
     hparams = _read_json(metadata, "hparams", path, None)
@@ -195,14 +204,20 @@ def _load_ours(path: Path, metadata: Mapping[str, str], device: str) -> tuple[Se
         raise SegmentationError(f"{path}: cannot rebuild the model from its metadata: {exc}") from None
     state = load_file(str(path), device="cpu")
     load_weights_into(model, state, path)
-    meta = SegmentationMeta(
-        architecture=arch, hparams=model.hparams(),
-        normalization=_read_json(metadata, "normalization", path, plain_normalization(model.in_channels)),
-        class_names=list(_read_json(metadata, "class_names", path, default_class_names(model.out_channels))),
-        threshold=float(_read_json(metadata, "threshold", path, 0.5)),
-        source=metadata.get("source", "unet_lab"),
-        class_values=_read_json(metadata, "class_values", path, None),
-    )
+    try:
+        meta = SegmentationMeta(
+            architecture=arch, hparams=model.hparams(),
+            normalization=_read_json(metadata, "normalization", path, plain_normalization(model.in_channels)),
+            class_names=list(_read_json(metadata, "class_names", path, default_class_names(model.out_channels))),
+            threshold=float(_read_json(metadata, "threshold", path, 0.5)),
+            source=metadata.get("source", "unet_lab"),
+            class_values=_read_json(metadata, "class_values", path, None),
+        )
+    except (TypeError, ValueError) as exc:  # e.g. "threshold": null, "class_names": 3
+        raise SegmentationError(f"{path}: a header field has the wrong type ({exc})") from None
+    if not _normalization_ok(meta.normalization, model.in_channels):
+        raise SegmentationError(f"{path}: header field 'normalization' must be an object with numeric 'mean' and "
+                                f"'std' (one value or one per input channel); got {str(meta.normalization)[:80]}")
     return model.to(device).eval(), meta
 
 
@@ -211,8 +226,7 @@ def _torch_load(path: Path) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # pickle-protocol notices from the safe unpickler
             return torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, ModuleNotFoundError, TypeError,
-            ValueError, EOFError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any reader failure (zip, pickle, safetensors probe) is refused
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SegmentationError(
             f"{path}: not loadable as plain tensors (torch.load weights_only=True refused it: {first}); "

@@ -153,10 +153,45 @@ def evaluate_dice(model: nn.Module, data: SegmentationDataset, mean: torch.Tenso
     return 1.0 if total == 0 else 2 * inter / total
 
 
+def _ordinary_tensors(model: nn.Module) -> None:
+    """Replace parameters and buffers made under ``torch.inference_mode`` by ordinary copies.
+
+    ComfyUI runs every node inside ``torch.inference_mode()``, so a model built or loaded by an
+    earlier node holds inference tensors, which autograd refuses to train. Call with inference
+    mode off; tensors that are already ordinary are left as they are.
+    """
+    for module in model.modules():
+        for name, param in module._parameters.items():
+            if param is not None and param.is_inference():
+                module._parameters[name] = nn.Parameter(param.clone(), requires_grad=param.requires_grad)
+        for name, buffer in module._buffers.items():
+            if buffer is not None and buffer.is_inference():
+                module._buffers[name] = buffer.clone()
+
+
+def _ordinary_dataset(dataset: SegmentationDataset) -> SegmentationDataset:
+    """The dataset with any inference-mode tensor copied (see ``_ordinary_tensors``)."""
+    def ordinary(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [t.clone() if t.is_inference() else t for t in tensors]
+
+    return SegmentationDataset(ordinary(dataset.images), ordinary(dataset.masks), list(dataset.names))
+
+
 def train_segmentation(model: nn.Module, dataset: SegmentationDataset, config: TrainConfig,
                        progress: ProgressCallback | None = None,
                        device: torch.device | str | None = None) -> TrainResult:
-    """Train ``model`` in place on ``dataset``; returns it with the loss and validation history."""
+    """Train ``model`` in place on ``dataset``; returns it with the loss and validation history.
+
+    Works when called under ``torch.inference_mode()`` (as ComfyUI calls nodes): autograd is
+    switched back on for the training, and inference-mode tensors are replaced by copies first.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        _ordinary_tensors(model)
+        return _train(model, _ordinary_dataset(dataset), config, progress, device)
+
+
+def _train(model: nn.Module, dataset: SegmentationDataset, config: TrainConfig,
+           progress: ProgressCallback | None, device: torch.device | str | None) -> TrainResult:
     progress = progress or no_progress
     if len(dataset) == 0:
         raise InputError("training: the dataset is empty")

@@ -56,7 +56,11 @@ def class_values_from(mask_values: Any, out_channels: int, where: str = "") -> l
         return None
     if isinstance(mask_values, torch.Tensor):
         mask_values = mask_values.tolist()
-    values = list(mask_values)
+    try:
+        values = list(mask_values)
+    except TypeError:  # a scalar or an object: the class values are unknown, the weights still fit
+        log.warning("%s: ignoring mask_values %r (not a list)", where, mask_values)
+        return None
     expected = max(out_channels, 2)
     if len(values) != expected:
         log.warning("%s: mask_values has %d entries for a %d-class model", where, len(values), out_channels)

@@ -1,0 +1,393 @@
+"""Write the shipped example workflows (UI format 0.4) into ``workflows/``.
+
+    .venv/bin/python scripts/make_workflows.py
+
+Each workflow is described below as nodes with widget values by input name and
+links by output/input name; the node schemas (our classes plus the recorded core
+``/object_info``) give the ``widgets_values`` layout, socket types and slots, so
+the files match what the frontend writes. ``unet_lab_segmentation_training.json``
+is not written here (the segmentation demo has its own owner).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("make_workflows")
+
+
+def load_pack() -> Any:
+    """Import the pack under the name ``unet_lab`` (as the tests do)."""
+    if "unet_lab" in sys.modules:
+        return sys.modules["unet_lab"]
+    spec = importlib.util.spec_from_file_location("unet_lab", REPO_ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(REPO_ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["unet_lab"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def schema_set() -> Any:
+    load_pack()
+    from unet_lab.nodes.host.headless import node_classes
+    from unet_lab.unet_core.graph.schemas import SchemaSet, load_core_schemas
+
+    return SchemaSet(node_classes(), load_core_schemas())
+
+
+# -- the workflow builder --------------------------------------------------------------------------------
+class Builder:
+    """Collects nodes and links, then lays them out and writes the frontend's 0.4 format."""
+
+    def __init__(self, schemas: Any) -> None:
+        self.schemas = schemas
+        self.nodes: list[dict[str, Any]] = []
+        self.links: list[list[Any]] = []
+        self.pending: list[tuple[int, str, int, str]] = []
+
+    def note(self, text: str) -> int:
+        node_id = len(self.nodes) + 1
+        self.nodes.append({"id": node_id, "type": "Note", "widgets": {}, "text": text, "title": None})
+        return node_id
+
+    def add(self, node_type: str, title: str | None = None, **widgets: Any) -> int:
+        if self.schemas.get(node_type) is None:
+            raise KeyError(f"unknown node type {node_type}")
+        node_id = len(self.nodes) + 1
+        self.nodes.append({"id": node_id, "type": node_type, "widgets": widgets, "title": title})
+        return node_id
+
+    def link(self, origin: int, output: str, target: int, input_name: str) -> None:
+        self.pending.append((origin, output, target, input_name))
+
+    # -- serialising ------------------------------------------------------------------------------------
+    def _schema(self, node: dict[str, Any]) -> Any:
+        return self.schemas.get(node["type"])
+
+    def _output_index(self, node: dict[str, Any], name: str) -> tuple[int, str]:
+        schema = self._schema(node)
+        names = list(schema.output_names or schema.outputs)
+        if name in names:
+            index = names.index(name)
+        else:
+            index = list(schema.outputs).index(name)  # by type
+        return index, str(schema.outputs[index])
+
+    def _widget_values(self, node: dict[str, Any]) -> list[Any]:
+        from unet_lab.unet_core.graph.formats import _default_value, _extra_values
+
+        schema = self._schema(node)
+        values: list[Any] = []
+        unknown = set(node["widgets"]) - {s.name for s in schema.inputs.values()}
+        if unknown:
+            raise KeyError(f"{node['type']}: no widget inputs {sorted(unknown)}")
+        for spec in schema.inputs.values():
+            if not spec.is_widget:
+                continue
+            values.append(node["widgets"].get(spec.name, _default_value(spec)))
+            extra = _extra_values(spec)  # UI-only values the frontend stores after some widgets
+            if spec.type == "INT" and extra:
+                values.append("fixed")  # control_after_generate of a seed
+            elif extra == 1:
+                values.append("image")  # the upload button of an image combo
+            elif extra:
+                raise NotImplementedError(f"{node['type']}.{spec.name}: combo with control_after_generate")
+        return values
+
+    def _depths(self) -> dict[int, int]:
+        depth = {n["id"]: 0 for n in self.nodes}
+        for _ in self.nodes:
+            for origin, _o, target, _i in self.pending:
+                depth[target] = max(depth[target], depth[origin] + 1)
+        return depth
+
+    def build(self) -> dict[str, Any]:
+        depth = self._depths()
+        by_id = {n["id"]: n for n in self.nodes}
+        ui_nodes: dict[int, dict[str, Any]] = {}
+        for node in self.nodes:
+            if node["type"] == "Note":
+                ui_nodes[node["id"]] = {"id": node["id"], "type": "Note", "pos": [0, 0], "size": [400, 240],
+                                        "flags": {}, "order": 0, "mode": 0, "inputs": [], "outputs": [],
+                                        "properties": {"text": ""}, "widgets_values": [node["text"]],
+                                        "color": "#432", "bgcolor": "#653"}
+                continue
+            schema = self._schema(node)
+            inputs = [{"name": s.name, "type": s.type_name, "link": None}
+                      for s in schema.inputs.values() if not s.is_widget]
+            outputs = [{"name": (schema.output_names[i] if schema.output_names else str(t)), "type": str(t),
+                        "links": [], "slot_index": i} for i, t in enumerate(schema.outputs)]
+            item: dict[str, Any] = {"id": node["id"], "type": node["type"], "pos": [0, 0], "size": [0, 0],
+                                    "flags": {}, "order": 0, "mode": 0, "inputs": inputs, "outputs": outputs,
+                                    "properties": {"Node name for S&R": node["type"]},
+                                    "widgets_values": self._widget_values(node)}
+            if node["title"]:
+                item["title"] = node["title"]
+            ui_nodes[node["id"]] = item
+        links: list[list[Any]] = []
+        for link_id, (origin, output, target, input_name) in enumerate(self.pending, start=1):
+            slot, kind = self._output_index(by_id[origin], output)
+            target_node = ui_nodes[target]
+            names = [e["name"] for e in target_node["inputs"]]
+            if input_name not in names:  # a widget input fed by a link keeps its widget slot
+                spec = self._schema(by_id[target]).inputs[input_name]
+                target_node["inputs"].append({"name": input_name, "type": spec.type_name,
+                                              "widget": {"name": input_name}, "link": None})
+                names.append(input_name)
+            to_slot = names.index(input_name)
+            target_node["inputs"][to_slot]["link"] = link_id
+            ui_nodes[origin]["outputs"][slot]["links"].append(link_id)
+            links.append([link_id, origin, slot, target, to_slot, kind])
+        for node in ui_nodes.values():
+            for output in node["outputs"]:
+                if not output["links"]:
+                    output["links"] = None
+        self._layout(ui_nodes, depth)
+        return {"last_node_id": max(ui_nodes), "last_link_id": len(links), "nodes": list(ui_nodes.values()),
+                "links": links, "groups": [], "config": {},
+                "extra": {"ds": {"scale": 0.8, "offset": [40, 40]}}, "version": 0.4}
+
+    def _layout(self, ui_nodes: dict[int, dict[str, Any]], depth: dict[int, int]) -> None:
+        columns: dict[int, list[int]] = {}
+        for node_id in sorted(ui_nodes):
+            if ui_nodes[node_id]["type"] != "Note":
+                columns.setdefault(depth[node_id], []).append(node_id)
+        order = sorted((n for n in ui_nodes if ui_nodes[n]["type"] != "Note"), key=lambda n: (depth[n], n))
+        for index, node_id in enumerate(order):
+            ui_nodes[node_id]["order"] = index + 1
+        x = 460
+        for column in sorted(columns):
+            y = 40
+            for node_id in columns[column]:
+                node = ui_nodes[node_id]
+                rows = max(len(node["inputs"]), len(node["outputs"])) + len(node["widgets_values"])
+                multiline = any(isinstance(v, str) and (len(v) > 40 or "\n" in v) for v in node["widgets_values"])
+                height = 46 + 24 * rows + (80 if multiline else 0)
+                node["pos"] = [x, y]
+                node["size"] = [320, height]
+                y += height + 60
+            x += 380
+        for node in ui_nodes.values():
+            if node["type"] == "Note":
+                node["pos"] = [20, 40]
+                node["order"] = 0
+
+
+# -- the workflows ---------------------------------------------------------------------------------------
+def sdxl_turbo(b: Builder) -> None:
+    b.note("UNet Lab: SDXL-Turbo from a UNet-only file, one step.\n\nModel files:\n"
+           "- models/diffusion_models/sdxl_turbo_unet.safetensors: the SDXL-Turbo UNet (UNet-only, e.g. "
+           "written by Save UNet from sd_xl_turbo_1.0_fp16.safetensors)\n"
+           "- models/text_encoders/clip_l.safetensors and clip_g.safetensors: the SDXL text encoders\n"
+           "- models/vae/sdxl_vae.safetensors: the SDXL VAE\n\n"
+           "SDXL-Turbo samples at 512x512 in 1-4 steps with cfg 1.0 (SDTurboScheduler + SamplerCustom); "
+           "the negative prompt has no effect at cfg 1.")
+    unet = b.add("UNetLabLoadUNet", unet_name="sdxl_turbo_unet.safetensors", weight_dtype="default",
+                 prediction="auto")
+    clip = b.add("DualCLIPLoader", clip_name1="clip_l.safetensors", clip_name2="clip_g.safetensors",
+                 type="sdxl", device="default")
+    vae = b.add("VAELoader", vae_name="sdxl_vae.safetensors")
+    pos = b.add("CLIPTextEncode", title="Positive", text="a watercolor fox in a snowy birch forest, soft light")
+    neg = b.add("CLIPTextEncode", title="Negative (unused at cfg 1)", text="")
+    sched = b.add("SDTurboScheduler", steps=1, denoise=1.0)
+    sampler = b.add("KSamplerSelect", sampler_name="euler_ancestral")
+    latent = b.add("EmptyLatentImage", width=512, height=512, batch_size=1)
+    sample = b.add("SamplerCustom", add_noise=True, noise_seed=0, cfg=1.0)
+    decode = b.add("VAEDecode")
+    save = b.add("SaveImage", filename_prefix="unet_lab/sdxl_turbo")
+    info = b.add("PreviewAny", title="UNet file info")
+    b.link(clip, "CLIP", pos, "clip")
+    b.link(clip, "CLIP", neg, "clip")
+    b.link(unet, "model", sched, "model")
+    b.link(unet, "model", sample, "model")
+    b.link(pos, "CONDITIONING", sample, "positive")
+    b.link(neg, "CONDITIONING", sample, "negative")
+    b.link(sampler, "SAMPLER", sample, "sampler")
+    b.link(sched, "SIGMAS", sample, "sigmas")
+    b.link(latent, "LATENT", sample, "latent_image")
+    b.link(sample, "output", decode, "samples")
+    b.link(vae, "VAE", decode, "vae")
+    b.link(decode, "IMAGE", save, "images")
+    b.link(unet, "info", info, "source")
+
+
+def _text_to_image(b: Builder, model: tuple[int, str], ckpt: int, size: int, steps: int, cfg: float,
+                   prompt: str, prefix: str, sampler: str = "euler", scheduler: str = "normal") -> int:
+    pos = b.add("CLIPTextEncode", title="Positive", text=prompt)
+    neg = b.add("CLIPTextEncode", title="Negative", text="blurry, low quality, watermark")
+    latent = b.add("EmptyLatentImage", width=size, height=size, batch_size=1)
+    ks = b.add("KSampler", seed=0, steps=steps, cfg=cfg, sampler_name=sampler, scheduler=scheduler, denoise=1.0)
+    decode = b.add("VAEDecode")
+    save = b.add("SaveImage", filename_prefix=prefix)
+    b.link(ckpt, "CLIP", pos, "clip")
+    b.link(ckpt, "CLIP", neg, "clip")
+    b.link(model[0], model[1], ks, "model")
+    b.link(pos, "CONDITIONING", ks, "positive")
+    b.link(neg, "CONDITIONING", ks, "negative")
+    b.link(latent, "LATENT", ks, "latent_image")
+    b.link(ks, "LATENT", decode, "samples")
+    b.link(ckpt, "VAE", decode, "vae")
+    b.link(decode, "IMAGE", save, "images")
+    return ks
+
+
+def swap_unet_sd15(b: Builder) -> None:
+    b.note("UNet Lab: run an SD1.5 checkpoint with a fine-tuned UNet swapped in (text encoder and VAE stay "
+           "the checkpoint's).\n\nModel files:\n"
+           "- models/checkpoints/v1-5-pruned-emaonly.safetensors: any SD1.5 checkpoint\n"
+           "- models/diffusion_models/sd15_finetuned_unet.safetensors: a UNet-only SD1.5 file (LDM or "
+           "diffusers layout)\n\n"
+           "Inspect UNet reads only the file's header and says what it is before anything loads.")
+    ckpt = b.add("CheckpointLoaderSimple", ckpt_name="v1-5-pruned-emaonly.safetensors")
+    swap = b.add("UNetLabSwapUNet", unet_name="sd15_finetuned_unet.safetensors")
+    b.add("UNetLabInspectUNet", file="diffusion_models/sd15_finetuned_unet.safetensors")
+    b.link(ckpt, "MODEL", swap, "model")
+    _text_to_image(b, (swap, "model"), ckpt, 512, 20, 7.0, "a lighthouse on a cliff at dusk, oil painting",
+                   "unet_lab/swap_unet_sd15")
+    info = b.add("PreviewAny", title="Swap notes")
+    b.link(swap, "info", info, "source")
+
+
+def lora_block_weights_sdxl(b: Builder) -> None:
+    b.note("UNet Lab: an SDXL LoRA applied with per-block weights (UNet only; the text encoder is "
+           "untouched).\n\nModel files:\n"
+           "- models/checkpoints/sd_xl_base_1.0.safetensors: an SDXL checkpoint\n"
+           "- models/loras/sdxl_style_lora.safetensors: an SDXL LoRA (kohya, diffusers/PEFT or LyCORIS "
+           "LoCon/LoHa/LoKr)\n\n"
+           "Block spec: IN00-08, M00, OUT00-08 (SDXL); 'default=' sets the rest. Here the input blocks are "
+           "weakened and the middle of the decoder (where style lives) kept.")
+    ckpt = b.add("CheckpointLoaderSimple", ckpt_name="sd_xl_base_1.0.safetensors")
+    lora = b.add("UNetLabApplyLoRABlockWeights", lora_name="sdxl_style_lora.safetensors", strength=1.0,
+                 preset="none (use block spec)",
+                 block_spec="default=1, IN=0.5, M00=1, OUT00-02=0.8, OUT03-05=1, OUT06-08=0.6")
+    b.link(ckpt, "MODEL", lora, "model")
+    _text_to_image(b, (lora, "model"), ckpt, 1024, 25, 7.0, "a cozy reading nook, warm light, detailed",
+                   "unet_lab/lora_block_weights_sdxl", sampler="euler_ancestral", scheduler="normal")
+    report = b.add("PreviewAny", title="LoRA report")
+    b.link(lora, "report", report, "source")
+
+
+def skip_attention_gates(b: Builder) -> None:
+    b.note("UNet Lab: attention gates on the SD1.5 UNet's skip connections, composed with FreeU_V2; the "
+           "gate maps of the run are shown as images.\n\nModel files:\n"
+           "- models/checkpoints/v1-5-pruned-emaonly.safetensors: any SD1.5 checkpoint\n\n"
+           "Strength 0 leaves the model unchanged. Gate weights 'none' is the parameter-free gate; trained "
+           "gate files go in models/unet_gates. Skip Gate Maps waits for the sampled latent, so it reads the "
+           "maps recorded during that run.")
+    ckpt = b.add("CheckpointLoaderSimple", ckpt_name="v1-5-pruned-emaonly.safetensors")
+    gate = b.add("UNetLabSkipAttentionGate", strength=0.5, levels="all", level_strengths="", floor=0.0,
+                 apply_to="both", sharpness=1.0, gate_weights="none (parameter-free)", record_maps=True)
+    freeu = b.add("FreeU_V2", b1=1.5, b2=1.6, s1=0.9, s2=0.2)
+    b.link(ckpt, "MODEL", gate, "model")
+    b.link(gate, "model", freeu, "model")
+    ks = _text_to_image(b, (freeu, "MODEL"), ckpt, 512, 20, 7.0, "a red bicycle leaning on a brick wall, photo",
+                        "unet_lab/skip_attention_gates")
+    maps = b.add("UNetLabSkipGateMaps", levels="all", passes="cond", combine="mean", size="image")
+    to_image = b.add("MaskToImage")
+    preview = b.add("PreviewImage", title="Gate maps")
+    report = b.add("PreviewAny", title="Gate report")
+    b.link(gate, "gate_maps", maps, "gate_maps")
+    b.link(ks, "LATENT", maps, "samples")
+    b.link(maps, "masks", to_image, "mask")
+    b.link(to_image, "IMAGE", preview, "images")
+    b.link(gate, "report", report, "source")
+
+
+def segment_image(b: Builder) -> None:
+    b.note("UNet Lab: segment an image with a trained segmentation U-Net.\n\nModel files:\n"
+           "- models/unet_segmentation/my_segmentation_unet.safetensors: a segmentation U-Net (trained by "
+           "Train Segmentation U-Net, a milesial Pytorch-UNet .pth or an smp state dict / save_pretrained "
+           "folder)\n- input/cells.png: the image to segment (upload it on Load Image)\n\n"
+           "Large images are segmented in overlapping tiles. The mask and the overlay are saved as PNGs.")
+    image = b.add("LoadImage", image="cells.png")
+    model = b.add("UNetLabLoadSegmentationUNet", model_name="my_segmentation_unet.safetensors", depth=3,
+                  base_channels=16, classes=1, seed=0)
+    seg = b.add("UNetLabSegmentImage", tile_size=512, overlap=0.25, flip_tta=False, threshold=-1.0,
+                class_mode="foreground", blend="gaussian")
+    to_image = b.add("MaskToImage")
+    save_mask = b.add("SaveImage", title="Save mask", filename_prefix="unet_lab/segment_mask")
+    save_overlay = b.add("SaveImage", title="Save overlay", filename_prefix="unet_lab/segment_overlay")
+    b.link(model, "seg_unet", seg, "seg_unet")
+    b.link(image, "IMAGE", seg, "image")
+    b.link(seg, "mask", to_image, "mask")
+    b.link(to_image, "IMAGE", save_mask, "images")
+    b.link(seg, "overlay", save_overlay, "images")
+
+
+def train_segmentation_pairs(b: Builder) -> None:
+    b.note("UNet Lab: train a segmentation U-Net on your own image/mask pairs, then segment an image.\n\n"
+           "Files:\n- input/my_pairs/: the training pairs, image.png with masks/image.png (or image_mask.png "
+           "beside it); masks are 0 = background, anything else = foreground\n"
+           "- input/cells.png: the image to segment\n"
+           "- no model file needed: '(new) unet' builds a fresh U-Net; the trained one is saved to "
+           "models/unet_segmentation/unet_lab/pairs_segmentation_NNNNN.safetensors\n\n"
+           "20% of the pairs are held out for validation; the training report gives the loss and Dice.")
+    model = b.add("UNetLabLoadSegmentationUNet", model_name="(new) unet", depth=3, base_channels=16, classes=1,
+                  seed=0)
+    train = b.add("UNetLabTrainSegmentationUNet", steps=300, batch_size=8, learning_rate=0.003, schedule="cosine",
+                  loss="ce+dice", augmentation="flips+rotations+brightness", border_weights=False,
+                  validation_fraction=0.2, seed=0, filename_prefix="unet_lab/pairs_segmentation",
+                  folder="my_pairs")
+    image = b.add("LoadImage", image="cells.png")
+    seg = b.add("UNetLabSegmentImage", tile_size=512, overlap=0.25, flip_tta=False, threshold=-1.0,
+                class_mode="foreground", blend="gaussian")
+    to_image = b.add("MaskToImage")
+    save_mask = b.add("SaveImage", title="Save mask", filename_prefix="unet_lab/pairs_mask")
+    save_overlay = b.add("SaveImage", title="Save overlay", filename_prefix="unet_lab/pairs_overlay")
+    b.link(model, "seg_unet", train, "seg_unet")
+    b.link(train, "seg_unet", seg, "seg_unet")
+    b.link(image, "IMAGE", seg, "image")
+    b.link(seg, "mask", to_image, "mask")
+    b.link(to_image, "IMAGE", save_mask, "images")
+    b.link(seg, "overlay", save_overlay, "images")
+
+
+WORKFLOWS = {
+    "unet_lab_sdxl_turbo_one_step": sdxl_turbo,
+    "unet_lab_swap_unet_sd15": swap_unet_sd15,
+    "unet_lab_lora_block_weights_sdxl": lora_block_weights_sdxl,
+    "unet_lab_skip_attention_gates": skip_attention_gates,
+    "unet_lab_segment_image": segment_image,
+    "unet_lab_train_segmentation_pairs": train_segmentation_pairs,
+}
+
+
+def build_all() -> dict[str, dict[str, Any]]:
+    schemas = schema_set()
+    result = {}
+    for name, describe in WORKFLOWS.items():
+        builder = Builder(schemas)
+        describe(builder)
+        result[name] = builder.build()
+    return result
+
+
+def write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = REPO_ROOT / "workflows"
+    for name, workflow in build_all().items():
+        path = out / f"{name}.json"
+        write_atomic(path, json.dumps(workflow, indent=2) + "\n")
+        log.info("wrote %s", path.relative_to(REPO_ROOT))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
