@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ...unet_core.memory import available_ram
 from ...unet_core.progress import ProgressCallback
 from .base import MODEL_EXTENSIONS, MODEL_FOLDERS, Host
 from .paths import list_model_files, resolve_inside
@@ -57,17 +58,6 @@ class TerminalProgress:
             if decile != self._last_decile:
                 self._last_decile = decile
                 log.info("%s", text)
-
-
-def _available_ram() -> int:
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
 class StandaloneHost(Host):
@@ -128,7 +118,7 @@ class StandaloneHost(Host):
         if device.type == "cuda":
             free, _total = torch.cuda.mem_get_info(device)
             return int(free)
-        return _available_ram()
+        return available_ram()
 
     def release_memory(self) -> None:
         if torch.cuda.is_available():

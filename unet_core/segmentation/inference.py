@@ -35,7 +35,6 @@ halved and the image redone, down to ``min_tile``.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +43,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, SegmentationError
+from ..memory import available_ram
 from ..progress import ProgressCallback, no_progress
 from .tiling import BLENDS, plan_tiles, run_tiled, working_bytes
 
@@ -86,17 +86,6 @@ def model_channels(model: nn.Module) -> tuple[int, int]:
         cin = cin if cin is not None else convs[0].in_channels
         cout = cout if cout is not None else convs[-1].out_channels
     return int(cin), int(cout)
-
-
-def _available_ram() -> int:
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
 # -- input checks ----------------------------------------------------------------------------
@@ -333,7 +322,7 @@ def segment(model: nn.Module, meta: Any, images: torch.Tensor, tile_size: int = 
     output_bytes = 2 * batch * planes * height * width * 4 + int(extra_output_bytes)
     work = working_bytes(plan, in_channels, classes, tile_batch)
     needed = output_bytes + (work if device.type == "cpu" else 0)
-    free = _available_ram() if free_memory is None else int(free_memory)
+    free = available_ram() if free_memory is None else int(free_memory)
     if needed > 0.9 * free:
         raise InputError(
             f"input '{input_name}': segmenting {batch} image(s) of {width} x {height} px needs about "

@@ -22,7 +22,7 @@ from ...errors import SegmentationError
 from ...gates.additive import AdditiveAttentionGate
 from ..blocks import DoubleConv, match_size
 from .base import COMMON_DEFAULTS, SegmentationUNet
-from .unet import Down, OutConv
+from .unet import Down, OutConv, UNet
 from .unet_plus_plus import _upsampler
 
 
@@ -67,15 +67,8 @@ class AttentionUNet(SegmentationUNet):
             setattr(self, f"up{i}", AttentionUp(ch[level + 1], ch[level], norm, cfg["upsampling"], inter))
         self.outc = OutConv(ch[0], cfg["out_channels"])
 
-    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        depth = self.config["depth"]
-        skips = [self.inc(x)]
-        for i in range(1, depth + 1):
-            skips.append(getattr(self, f"down{i}")(skips[-1]))
-        h = skips.pop()
-        for i in range(1, depth + 1):
-            h = getattr(self, f"up{i}")(h, skips.pop())
-        return self.outc(h)
+    # Same module names (inc, down{i}, up{i}, outc) as the plain U-Net: its forward serves both.
+    forward_padded = UNet.forward_padded
 
     def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The gate maps alpha of every skip (finest first), each cropped to the input size."""
