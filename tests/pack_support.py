@@ -10,18 +10,21 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PACK_NAME = "unet_lab"
 
 
-def load_pack(name: str = PACK_NAME):
-    """Import the pack from its ``__init__.py`` under ``name`` (as ComfyUI does)."""
+def load_pack(name: str = PACK_NAME, run_init: bool = True):
+    """Import the pack from its ``__init__.py`` under ``name`` (as ComfyUI does).
+
+    ``run_init=False`` only registers the package, so ``unet_core`` imports without loading
+    every node module (the benchmarks use it).
+    """
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "__init__.py",
                                                   submodule_search_locations=[str(REPO_ROOT)])
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    if run_init:
+        spec.loader.exec_module(module)
     return module
-
-
 
 
 def node_result(output):
