@@ -8,10 +8,10 @@ standalone patcher elsewhere).
 from __future__ import annotations
 
 import logging
-from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .host import get_host
+from .host.paths import save_target
 
 # unet_core is imported inside the functions (keeps INPUT_TYPES / pack import cheap).
 
@@ -168,16 +168,6 @@ class UNetLabSwapUNet:
         return swapped, text
 
 
-def _safe_prefix(prefix: str) -> PurePosixPath:
-    from ..unet_core.errors import InputError
-
-    cleaned = prefix.strip().replace("\\", "/")
-    rel = PurePosixPath(cleaned)
-    if not cleaned or rel.is_absolute() or any(part in ("..", "") for part in rel.parts):
-        raise InputError(f"Save UNet: filename_prefix {prefix!r} must be a relative name without '..'")
-    return rel
-
-
 class UNetLabSaveUNet:
     """Save a MODEL's UNet (patches merged) as a UNet-only safetensors file."""
 
@@ -215,9 +205,8 @@ class UNetLabSaveUNet:
         config = info.get("config")
         if config is None:
             raise InputError("Save UNet: this MODEL has no SD-family UNet config")
-        rel = _safe_prefix(filename_prefix)
-        folder = host.save_directory("diffusion_models")
-        target = next_free_path(Path(folder, *rel.parts).with_name(rel.name + ".safetensors"))
+        stem = save_target(host.save_directory("diffusion_models"), filename_prefix, "Save UNet")
+        target = next_free_path(stem.with_name(stem.name + ".safetensors"))
         state_dict = cast_state_dict(host.unet_state_dict_for_saving(model), weight_dtype_from_name(dtype))
         family = info.get("family") or "custom"
         written = save_unet(target, state_dict, config, layout=layout, dtype=None,

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import copy
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..unet_core.checkpoints.writer import next_free_path
 from ..unet_core.errors import HostError, InputError
 from ..unet_core.segmentation.augment import AugmentConfig
 from ..unet_core.segmentation.checkpoint import SegmentationMeta, load_segmentation, save_segmentation
@@ -26,6 +26,7 @@ from ..unet_core.segmentation.synthetic import make_synthetic
 from ..unet_core.segmentation.tiling import BLENDS
 from ..unet_core.segmentation.train import SCHEDULES, TrainConfig, held_out_dice, train_segmentation
 from .host import get_host
+from .host.paths import save_target
 from .host.standalone_nodes import PreviewImage
 
 log = logging.getLogger(__name__)
@@ -64,26 +65,11 @@ def _check_seg(seg: Any, node: str) -> SegUNet:
     return seg
 
 
-def _numbered_path(prefix: str) -> Path:
-    """A new file ``<prefix>_NNNNN.safetensors`` in the segmentation folder; never an existing one."""
-    prefix = (prefix or "").strip().replace("\\", "/")
-    if not prefix or prefix.startswith("/") or any(part in ("..", "") for part in prefix.split("/")):
-        raise InputError(f"filename_prefix {prefix!r}: expected a relative name such as 'unet_lab/seg' "
-                         "(no '..', no absolute path)")
-    root = get_host().save_directory(FOLDER).resolve()
-    target = (root / prefix).resolve()
-    if root not in target.parents and target != root:
-        raise InputError(f"filename_prefix {prefix!r} leaves the {FOLDER} folder")
-    folder, stem = target.parent, target.name
-    folder.mkdir(parents=True, exist_ok=True)
-    pattern = re.compile(re.escape(stem) + r"_(\d+)\.safetensors$")
-    numbers = [int(m.group(1)) for p in folder.iterdir() if (m := pattern.match(p.name))]
-    return folder / f"{stem}_{max(numbers, default=0) + 1:05d}.safetensors"
-
-
 def _save(seg: SegUNet, prefix: str) -> Path:
-    path = _numbered_path(prefix)
-    return save_segmentation(path, seg.model, seg.meta, overwrite=False)
+    """Save as ``<prefix>_NNNNN_.safetensors`` in the segmentation folder (ComfyUI's numbering; never overwrites)."""
+    stem = save_target(get_host().save_directory(FOLDER), prefix, "Save Segmentation U-Net")
+    return save_segmentation(next_free_path(stem.with_name(stem.name + ".safetensors")), seg.model, seg.meta,
+                             overwrite=False)
 
 
 class UNetLabLoadSegmentationUNet:
@@ -256,7 +242,7 @@ class UNetLabTrainSegmentationUNet:
                 "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seed of the split, "
                                  "batches and augmentation: the same seed gives the same weights on CPU."}),
                 "filename_prefix": ("STRING", {"default": "unet_lab/segmentation", "tooltip": "Save as "
-                                    "<prefix>_00001.safetensors (numbered, never overwriting) in "
+                                    "<prefix>_00001_.safetensors (numbered, never overwriting) in "
                                     "models/unet_segmentation; empty = do not save."}),
             },
             "optional": {
@@ -344,7 +330,7 @@ class UNetLabSaveSegmentationUNet:
             "required": {
                 "seg_unet": (SEG_TYPE, {"tooltip": "The model to save."}),
                 "filename_prefix": ("STRING", {"default": "unet_lab/segmentation", "tooltip": "Relative name in "
-                                    "models/unet_segmentation; '_00001.safetensors' (the next free number) is "
+                                    "models/unet_segmentation; '_00001_.safetensors' (the next free number) is "
                                     "appended."}),
             },
         }

@@ -71,17 +71,17 @@ def test_train_node_saves_numbered_files_and_leaves_its_input_alone(standalone_h
     assert any(not torch.equal(before[k], v) for k, v in trained.model.state_dict().items())
     node.train(seg, steps=1, batch_size=2, filename_prefix="runs/seg", images=images, masks=masks)
     folder = standalone_host.save_directory("unet_segmentation") / "runs"
-    assert sorted(p.name for p in folder.iterdir()) == ["seg_00001.safetensors", "seg_00002.safetensors"]
-    model, meta = load_segmentation(folder / "seg_00001.safetensors")
+    assert sorted(p.name for p in folder.iterdir()) == ["seg_00001_.safetensors", "seg_00002_.safetensors"]
+    model, meta = load_segmentation(folder / "seg_00001_.safetensors")
     state = trained.model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     # the saved file appears in the loader's list and loads through the node
     choices = UNetLabLoadSegmentationUNet.INPUT_TYPES()["required"]["model_name"][0]
-    assert "runs/seg_00001.safetensors" in choices
-    loaded, _ = UNetLabLoadSegmentationUNet().load("runs/seg_00001.safetensors")
+    assert "runs/seg_00001_.safetensors" in choices
+    loaded, _ = UNetLabLoadSegmentationUNet().load("runs/seg_00001_.safetensors")
     assert loaded.meta.class_names == ["foreground"]
     path = UNetLabSaveSegmentationUNet().save(loaded, "runs/seg")["result"][0]
-    assert path.endswith("seg_00003.safetensors")
+    assert path.endswith("seg_00003_.safetensors")
     with pytest.raises(InputError, match="no '..'"):
         UNetLabSaveSegmentationUNet().save(loaded, "../escape")
 

@@ -6,10 +6,10 @@ leaves the folder, and symbolic links that lead out of it.
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
 
-from ...unet_core.errors import HostError
+from ...unet_core.errors import HostError, InputError
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -56,3 +56,22 @@ def list_model_files(roots: Iterable[Path], extensions: tuple[str, ...]) -> list
                 continue
             names.add(path.relative_to(root).as_posix())
     return sorted(names, key=str.lower)
+
+
+def save_target(root: Path, prefix: str, node: str) -> Path:
+    """``root/prefix`` for a new file, refusing prefixes that leave ``root``; its folder is created.
+
+    A prefix is a relative name such as ``unet_lab/name`` (no ``..``, not absolute); a sub-folder
+    that is a symbolic link leading out of ``root`` is refused too. The caller adds the
+    numbering and suffix (``writer.next_free_path``).
+    """
+    cleaned = (prefix or "").strip().replace("\\", "/")
+    rel = PurePosixPath(cleaned)
+    if not cleaned or rel.is_absolute() or any(part in ("..", "") for part in cleaned.split("/")):
+        raise InputError(f"{node}: filename_prefix {prefix!r} must be a relative name such as 'unet_lab/name' "
+                         "(no '..', no absolute path)")
+    target = root.joinpath(*rel.parts)
+    if not _inside(target.parent.resolve(), root.resolve()):
+        raise InputError(f"{node}: filename_prefix {prefix!r} leads outside the folder {root}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target

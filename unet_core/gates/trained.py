@@ -145,6 +145,9 @@ def load_trained_gates(path: str | Path, config: Any, family: str) -> TrainedGat
         raise GateError(f"{where}: gates were made for block_out_channels={file_channels}, layers_per_block="
                         f"{meta.get('layers_per_block')}; the model has {model_channels}, {layout.layers_per_block}")
     declared = _meta_json(meta, "channels", where)
+    if not isinstance(declared, dict) or not all(isinstance(v, list) for v in declared.values()):
+        raise GateError(f"{where}: metadata 'channels' must map each gate to its [skip, gating, inter] channels, "
+                        f"got {str(declared)[:80]}")
 
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():

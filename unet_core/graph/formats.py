@@ -269,7 +269,7 @@ def ui_to_api(workflow: Mapping[str, Any], schemas: SchemaSet) -> dict[str, Any]
     """Convert a UI workflow (version 0.4 or 1) into an API prompt, as the frontend does before queueing."""
     try:
         return _ui_to_api(workflow, schemas)
-    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as error:
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as error:
         log.debug("malformed workflow", exc_info=True)
         raise WorkflowError(f"workflow: malformed UI workflow ({type(error).__name__}: {error})") from None
     except RecursionError:  # link resolution recurses once per reroute/bypassed node
