@@ -33,15 +33,6 @@ def _list(folder: str) -> list[str]:
         return []
 
 
-def _model_info(model: Any) -> dict[str, Any]:
-    from ..unet_core.errors import InputError
-
-    try:
-        return get_host().model_info(model)
-    except NotImplementedError:
-        raise InputError("this host cannot describe a MODEL (model_info is missing)") from None
-
-
 def _dtype_name(dtype: Any) -> str:
     return str(dtype).replace("torch.", "") if dtype is not None else "?"
 
@@ -153,7 +144,7 @@ class UNetLabSwapUNet:
         from ..unet_core.diffusion.swap import check_swap
 
         host = get_host()
-        info = _model_info(model)
+        info = get_host().model_info(model)
         path = host.resolve("diffusion_models", unet_name)
         state_dict, spec = load_unet(path)
         check_swap(info.get("family"), info.get("config"), spec.family, spec.config, unet_name)
@@ -201,7 +192,7 @@ class UNetLabSaveUNet:
         from ..unet_core.errors import InputError
 
         host = get_host()
-        info = _model_info(model)
+        info = get_host().model_info(model)
         config = info.get("config")
         if config is None:
             raise InputError("Save UNet: this MODEL has no SD-family UNet config")

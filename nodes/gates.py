@@ -25,26 +25,10 @@ def _gate_files() -> list[str]:
         return []
 
 
-# ComfyUI supported_models class names -> our family names (fallback only; model_info is the source).
-_COMFY_FAMILIES = {"SD15": "sd1", "SD15_instructpix2pix": "sd1", "SD20": "sd2", "SD21UnclipL": "sd2",
-                   "SD21UnclipH": "sd2", "SDXL": "sdxl", "SDXLRefiner": "sdxl_refiner", "SDXL_instructpix2pix": "sdxl",
-                   "SSD1B": "ssd1b", "Segmind_Vega": "vega", "KOALA_700M": "koala", "KOALA_1B": "koala"}
-
-
 def _model_layout(model: Any) -> tuple[str, Any]:
-    """``(family, config)`` from the host's ``model_info``; if the host has none yet, from the
-    MODEL's attributes (ours: ``model.model.family`` / ``unet_config``; ComfyUI's:
-    ``model.model.model_config`` with its ``unet_config`` dict)."""
-    try:
-        info = get_host().model_info(model)
-        family, config = info.get("family"), info.get("config")
-    except NotImplementedError:
-        inner = getattr(model, "model", None)
-        family, config = getattr(inner, "family", None), getattr(inner, "unet_config", None)
-        model_config = getattr(inner, "model_config", None)
-        if config is None and model_config is not None:
-            config = getattr(model_config, "unet_config", None)
-            family = family or _COMFY_FAMILIES.get(type(model_config).__name__, type(model_config).__name__.lower())
+    """``(family, config)`` of a MODEL, from the host's ``model_info`` (either host)."""
+    info = get_host().model_info(model)
+    family, config = info.get("family"), info.get("config")
     if config is None:
         raise GateError(f"UNet Skip Attention Gate: the MODEL ({family or 'unknown family'}) is not an "
                         f"SD-family UNet with skip connections")

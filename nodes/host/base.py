@@ -127,6 +127,6 @@ class Host(ABC):
             applied.update(patched.add_patches(group.patches, group.weight))
         return patched, applied
 
+    @abstractmethod
     def bake_lora_patches(self, model: Any) -> Any:
         """A new MODEL whose UNet weights hold ``model``'s weight patches merged in."""
-        raise NotImplementedError(f"{type(self).__name__} cannot bake patches into a MODEL")
