@@ -56,7 +56,6 @@ def test_blending_is_the_weighted_mean_of_overlapping_tiles():
     height, width, tile = 70, 90, 32
     plan = plan_tiles(height, width, tile, 0.5)
     gen = torch.Generator().manual_seed(3)
-    tile_values = {}
 
     def predict(batch):  # every tile gets its own random constant-plus-noise output
         out = torch.rand(batch.shape[0], 1, batch.shape[2], batch.shape[3], generator=gen)
