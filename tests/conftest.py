@@ -20,6 +20,9 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 load_pack()
 
+# Shared fixtures that several test modules request by name.
+pytest_plugins = ["fixtures_gates"]
+
 
 @pytest.fixture
 def standalone_host(tmp_path):

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from hypothesis import strategies as st
+from pack_support import node_result  # noqa: F401  (re-exported for the hardening tests)
 
 # Cases run per target in this process (the long-run script prints it).
 CASES: Counter = Counter()
@@ -1017,11 +1018,6 @@ def _gates():
             path.write_bytes(join_safetensors(header, data))
         expect_documented("gate_weights_file", lambda: load_trained_gates(path, config, "sd1"))
     return strategy, check
-
-
-def node_result(out: Any) -> tuple:
-    """A node function's outputs, whether it returns a tuple or ComfyUI's {"ui": ..., "result": (...)}."""
-    return tuple(out["result"]) if isinstance(out, dict) else tuple(out)
 
 
 def load_unet_node(name: str) -> tuple[Any, str]:

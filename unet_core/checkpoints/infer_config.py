@@ -74,6 +74,14 @@ def _finish(in_ch: int, out_ch: int, chans: list[int], L: int, depths: list[int]
     return cfg
 
 
+def _attention_kind(shapes: Shapes) -> tuple[int, bool]:
+    """(cross-attention context width, linear proj_in?) from the first attention found; both
+    layouts spell these the same (``attn2.to_k``, ``proj_in``). No attention: (768, conv)."""
+    context = next((s[1] for k, s in shapes.items() if k.endswith("attn2.to_k.weight")), 768)
+    linear = next((len(s) == 2 for k, s in shapes.items() if k.endswith(".proj_in.weight")), False)
+    return context, linear
+
+
 def config_from_ldm_shapes(shapes: Shapes) -> UNetConfig:
     """Config of a bare-LDM UNet from its parameter shapes (name -> shape)."""
     conv_in = _need(shapes, "input_blocks.0.0.weight", "the first convolution")
@@ -89,7 +97,6 @@ def config_from_ldm_shapes(shapes: Shapes) -> UNetConfig:
         raise CheckpointError(None, "cannot infer the UNet config: the input blocks are not laid out as "
                                     "resnets + downsample per level")
     chans, depths = [], []
-    context, linear = None, None
     for i in range(levels):
         first = 1 + i * (L + 1)
         chans.append(_need(shapes, f"input_blocks.{first}.0.emb_layers.1.weight", "a ResBlock")[0])
@@ -97,13 +104,8 @@ def config_from_ldm_shapes(shapes: Shapes) -> UNetConfig:
     mid_depth = _depth(shapes, "middle_block.1")
     if "middle_block.1.in_layers.0.weight" in shapes:
         raise CheckpointError(None, "unsupported UNet: its middle block has no attention")
-    for k, s in shapes.items():
-        if k.endswith("attn2.to_k.weight") and context is None:
-            context = s[1]
-        if k.endswith(".proj_in.weight") and linear is None:
-            linear = len(s) == 2
     adm = shapes["label_emb.0.0.weight"][1] if "label_emb.0.0.weight" in shapes else None
-    return _finish(conv_in[1], out_conv[0], chans, L, depths, mid_depth, context or 768, bool(linear), adm)
+    return _finish(conv_in[1], out_conv[0], chans, L, depths, mid_depth, *_attention_kind(shapes), adm)
 
 
 def config_from_diffusers_shapes(shapes: Shapes) -> UNetConfig:
@@ -117,14 +119,8 @@ def config_from_diffusers_shapes(shapes: Shapes) -> UNetConfig:
     chans = [_need(shapes, f"down_blocks.{i}.resnets.0.conv1.weight", "a ResNet")[0] for i in range(levels)]
     depths = [_depth(shapes, f"down_blocks.{i}.attentions.0") for i in range(levels)]
     mid_depth = _depth(shapes, "mid_block.attentions.0")
-    context, linear = None, None
-    for k, s in shapes.items():
-        if k.endswith("attn2.to_k.weight") and context is None:
-            context = s[1]
-        if k.endswith(".proj_in.weight") and linear is None:
-            linear = len(s) == 2
     adm = shapes["add_embedding.linear_1.weight"][1] if "add_embedding.linear_1.weight" in shapes else None
-    return _finish(conv_in[1], out_conv[0], chans, L, depths, mid_depth, context or 768, bool(linear), adm)
+    return _finish(conv_in[1], out_conv[0], chans, L, depths, mid_depth, *_attention_kind(shapes), adm)
 
 
 def _per_level(value: Any, levels: int) -> tuple:

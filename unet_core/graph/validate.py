@@ -24,6 +24,11 @@ from .schemas import SchemaSet, function_arguments
 log = logging.getLogger(__name__)
 
 
+def _input_error(kind: str, message: str, details: str, name: str, **extra: Any) -> dict[str, Any]:
+    """One entry of a node's ``errors`` list, shaped as ComfyUI's ``validate_inputs`` writes it."""
+    return {"type": kind, "message": message, "details": details, "extra_info": {"input_name": name, **extra}}
+
+
 @dataclass
 class ValidationResult:
     """ComfyUI's validation outcome, plus the prompt with converted values."""
@@ -115,16 +120,14 @@ class _Validator:
             info = [input_type, dict(options)]
             if name not in inputs:
                 if spec.category == "required":
-                    errors.append({"type": "required_input_missing", "message": "Required input is missing",
-                                   "details": f"{name}", "extra_info": {"input_name": name}})
+                    errors.append(_input_error("required_input_missing", "Required input is missing", f"{name}", name))
                 continue
             val = inputs[name]
             if isinstance(val, list):
                 if len(val) != 2:
-                    errors.append({"type": "bad_linked_input",
-                                   "message": "Bad linked input, must be a length-2 list of [node_id, slot_index]",
-                                   "details": f"{name}", "extra_info": {"input_name": name, "input_config": info,
-                                                                         "received_value": val}})
+                    errors.append(_input_error("bad_linked_input",
+                                              "Bad linked input, must be a length-2 list of [node_id, slot_index]",
+                                              f"{name}", name, input_config=info, received_value=val))
                     continue
                 o_id = str(val[0])
                 source = self.node(o_id, unique_id, name)
@@ -138,10 +141,9 @@ class _Validator:
                 received_types[name] = received
                 wanted = spec.type_name if spec.choices is not None else input_type
                 if "input_types" not in fn_inputs and not _link_type_ok(received, wanted):
-                    errors.append({"type": "return_type_mismatch", "message": "Return type mismatch between linked nodes",
-                                   "details": f"{name}, received_type({received}) mismatch input_type({wanted})",
-                                   "extra_info": {"input_name": name, "input_config": info, "received_type": received,
-                                                  "linked_node": val}})
+                    errors.append(_input_error("return_type_mismatch", "Return type mismatch between linked nodes",
+                                              f"{name}, received_type({received}) mismatch input_type({wanted})",
+                                              name, input_config=info, received_type=received, linked_node=val))
                     continue
                 try:
                     result = self.validate_inputs(o_id)
@@ -161,10 +163,9 @@ class _Validator:
             else:
                 if _socket_only(spec):
                     # Stricter than ComfyUI, which passes such a constant on and lets the node fail.
-                    errors.append({"type": "invalid_input_type",
-                                   "message": f"Input {name} takes a link from a node giving {input_type}, not a value",
-                                   "details": f"{name}, {str(val)[:80]}",
-                                   "extra_info": {"input_name": name, "input_config": info, "received_value": val}})
+                    errors.append(_input_error("invalid_input_type",
+                                              f"Input {name} takes a link from a node giving {input_type}, not a value",
+                                              f"{name}, {str(val)[:80]}", name, input_config=info, received_value=val))
                     continue
                 try:
                     if isinstance(val, dict) and "__value__" in val:
@@ -182,41 +183,38 @@ class _Validator:
                         val = bool(val)
                     inputs[name] = val
                 except Exception as ex:
-                    errors.append({"type": "invalid_input_type",
-                                   "message": f"Failed to convert an input value to a {input_type} value",
-                                   "details": f"{name}, {val}, {ex}",
-                                   "extra_info": {"input_name": name, "input_config": info, "received_value": val,
-                                                  "exception_message": str(ex)}})
+                    errors.append(_input_error("invalid_input_type",
+                                              f"Failed to convert an input value to a {input_type} value",
+                                              f"{name}, {val}, {ex}", name, input_config=info, received_value=val,
+                                              exception_message=str(ex)))
                     continue
                 if name in fn_inputs or fn_kwargs:
                     continue
                 try:
                     if "min" in options and val < options["min"]:
-                        errors.append({"type": "value_smaller_than_min",
-                                       "message": f"Value {val} smaller than min of {options['min']}", "details": f"{name}",
-                                       "extra_info": {"input_name": name, "input_config": info, "received_value": val}})
+                        errors.append(_input_error("value_smaller_than_min",
+                                                  f"Value {val} smaller than min of {options['min']}", f"{name}", name,
+                                                  input_config=info, received_value=val))
                         continue
                     if "max" in options and val > options["max"]:
-                        errors.append({"type": "value_bigger_than_max",
-                                       "message": f"Value {val} bigger than max of {options['max']}", "details": f"{name}",
-                                       "extra_info": {"input_name": name, "input_config": info, "received_value": val}})
+                        errors.append(_input_error("value_bigger_than_max",
+                                                  f"Value {val} bigger than max of {options['max']}", f"{name}", name,
+                                                  input_config=info, received_value=val))
                         continue
                 except TypeError as ex:
-                    errors.append({"type": "invalid_input_type",
-                                   "message": f"Failed to compare an input value with its limits ({input_type})",
-                                   "details": f"{name}, {val}, {ex}",
-                                   "extra_info": {"input_name": name, "input_config": info, "received_value": val,
-                                                  "exception_message": str(ex)}})
+                    errors.append(_input_error("invalid_input_type",
+                                              f"Failed to compare an input value with its limits ({input_type})",
+                                              f"{name}, {val}, {ex}", name, input_config=info, received_value=val,
+                                              exception_message=str(ex)))
                     continue
                 choices = spec.choices
                 if choices is not None and not options.get("file_list") and not options.get("multiselect") \
                         and val not in choices:
                     big = len(choices) > 20
-                    errors.append({"type": "value_not_in_list", "message": "Value not in list",
-                                   "details": f"{name}: '{val}' not in " + (f"(list of length {len(choices)})" if big
-                                                                             else str(choices)),
-                                   "extra_info": {"input_name": name, "input_config": None if big else info,
-                                                  "received_value": val}})
+                    errors.append(_input_error("value_not_in_list", "Value not in list",
+                                              f"{name}: '{val}' not in " + (f"(list of length {len(choices)})" if big
+                                                                            else str(choices)),
+                                              name, input_config=None if big else info, received_value=val))
                     continue
 
         if validate_fn is not None and (fn_inputs or fn_kwargs):
@@ -228,9 +226,8 @@ class _Validator:
             for name in chosen:
                 for result in results:
                     if result is not True:
-                        errors.append({"type": "custom_validation_failed", "message": "Custom validation failed for node",
-                                       "details": f"{name}" + ("" if result is False else f" - {result}"),
-                                       "extra_info": {"input_name": name}})
+                        errors.append(_input_error("custom_validation_failed", "Custom validation failed for node",
+                                                  f"{name}" + ("" if result is False else f" - {result}"), name))
 
         outcome = (False, errors, unique_id) if errors or valid is not True else (True, [], unique_id)
         self.validated[unique_id] = outcome
