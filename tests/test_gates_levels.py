@@ -98,10 +98,13 @@ def test_errors_name_the_input_and_the_choices():
     ("sdxl", {"model_channels": 320, "channel_mult": [1, 2, 4], "num_res_blocks": [2, 2, 2]}),
 ])
 def test_comfyui_unet_config_dict_gives_the_same_levels(family, comfy_config):
-    """ComfyUI's ``model_config.unet_config`` (model_channels x channel_mult) reads like our config."""
+    """ComfyUI's ``model_config.unet_config`` (model_channels x channel_mult), converted as the
+    ComfyUI host's ``model_info`` converts it, gives the same levels as our config."""
+    from unet_lab.unet_core.diffusion.ldm_config import config_from_ldm_unet_config
     from unet_lab.unet_core.gates.levels import skip_blocks
 
     config, table, _ = _configs()[family]
-    got = [(b.level, b.skip_channels, b.gating_channels, b.image_factor) for b in skip_blocks(comfy_config)]
+    converted = config_from_ldm_unet_config(comfy_config)
+    got = [(b.level, b.skip_channels, b.gating_channels, b.image_factor) for b in skip_blocks(converted)]
     assert got == [(lv, s, g, Fraction(f)) for lv, s, g, f in table.values()]
-    assert skip_blocks(comfy_config) == skip_blocks(config)
+    assert skip_blocks(converted) == skip_blocks(config)

@@ -63,26 +63,12 @@ class SkipLayout:
 
 
 def skip_layout(config: Any) -> SkipLayout:
-    """Read the layout from a UNetConfig, a diffusers-style dict, or ComfyUI's ``unet_config`` dict
-    (``model_channels`` x ``channel_mult``, ``num_res_blocks``)."""
+    """Read the layout from a UNetConfig (both hosts' ``model_info`` give one; ComfyUI's own
+    ``unet_config`` dict is converted by ``diffusion.ldm_config.config_from_ldm_unet_config``)."""
     try:
-        if isinstance(config, dict):
-            if "block_out_channels" in config:
-                channels, layers = config["block_out_channels"], config["layers_per_block"]
-            else:
-                channels = [int(config["model_channels"]) * int(m) for m in config["channel_mult"]]
-                layers = config["num_res_blocks"]
-        else:
-            channels, layers = config.block_out_channels, config.layers_per_block
-        channels = tuple(int(c) for c in channels)
-        if isinstance(layers, (list, tuple)):
-            if len(set(int(v) for v in layers)) != 1:
-                raise GateError(f"skip gates need the same number of res-blocks at every level, got {list(layers)}")
-            layers = layers[0]
-        layers = int(layers)
-    except GateError:
-        raise
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        channels = tuple(int(c) for c in config.block_out_channels)
+        layers = int(config.layers_per_block)
+    except (AttributeError, TypeError, ValueError) as exc:
         raise GateError(f"cannot read the UNet layout (block_out_channels, layers_per_block) from the model "
                         f"config ({type(exc).__name__}: {exc})") from exc
     if not channels or layers < 1:
