@@ -1,7 +1,7 @@
 """Load time and peak memory of ``load_unet`` against ``safetensors.torch.load_file``.
 
-A real-shape SD1 UNet in fp16 (686 tensors, 859.5 M parameters, 1.72 GB, random bytes) is
-written to a temporary folder, read once so the page cache is warm, then loaded by each
+A real-shape SD1 UNet in fp16 (686 tensors, 859.5 M parameters, 1.72 GB, random bytes), then an
+SDXL one (1680 tensors, 2567.5 M parameters, 5.14 GB), is written to a temporary folder, read once so the page cache is warm, then loaded by each
 contender in its own fresh subprocess (so ``VmHWM``, the peak resident set from
 ``/proc/self/status``, belongs to that contender alone). Contenders alternate
 (ours, reference, ours, ...) so drift hits both alike; each subprocess loads the file
@@ -51,30 +51,47 @@ def _status(field: str) -> int:
     return -1
 
 
-def make_sd1_file(path: Path, seed: int = 0) -> int:
-    """Write a real-shape SD1 fp16 UNet (bare LDM keys) of random bytes, streaming tensor by tensor."""
+def _real_shapes(family: str) -> dict[str, tuple[int, ...]]:
+    """LDM key -> shape of a full-size UNet: from diffusers' model (an independent source) renamed by
+    our key map, or from our own module (same names and shapes) when diffusers is missing."""
     import torch
 
     load_core()
     from unet_lab.unet_core.checkpoints.keymap import diffusers_to_ldm_keymap
-    from unet_lab.unet_core.diffusion.config import SD1_CONFIG
+    from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SDXL_CONFIG
 
+    config = {"sd1": SD1_CONFIG, "sdxl": SDXL_CONFIG}[family]
     try:
         from diffusers import UNet2DConditionModel
 
+        if family == "sd1":
+            kwargs = dict(down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                          up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768,
+                          attention_head_dim=8)
+        else:
+            kwargs = dict(down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                          up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                          block_out_channels=(320, 640, 1280), transformer_layers_per_block=(1, 2, 10),
+                          attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True,
+                          addition_embed_type="text_time", addition_time_embed_dim=256,
+                          projection_class_embeddings_input_dim=2816)
         with torch.device("meta"):
-            model = UNet2DConditionModel(
-                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768,
-                attention_head_dim=8)
-        keymap = diffusers_to_ldm_keymap(SD1_CONFIG)
-        shapes = {keymap[k]: tuple(v.shape) for k, v in model.state_dict().items()}
+            model = UNet2DConditionModel(**kwargs)
+        keymap = diffusers_to_ldm_keymap(config)
+        return {keymap[k]: tuple(v.shape) for k, v in model.state_dict().items()}
     except ImportError:  # our own module has the same names and shapes
         from unet_lab.unet_core.diffusion.unet import UNetModel
 
         with torch.device("meta"):
-            shapes = {k: tuple(v.shape) for k, v in UNetModel(SD1_CONFIG).state_dict().items()}
-    header, offset = {"__metadata__": {"modelspec.title": "bench_load SD1 (random bytes)"}}, 0
+            return {k: tuple(v.shape) for k, v in UNetModel(config).state_dict().items()}
+
+
+def make_unet_file(path: Path, family: str = "sd1", seed: int = 0) -> int:
+    """Write a real-shape fp16 UNet (bare LDM keys) of random bytes, streaming tensor by tensor."""
+    import torch
+
+    shapes = _real_shapes(family)
+    header, offset = {"__metadata__": {"modelspec.title": f"bench_load {family} (random bytes)"}}, 0
     for k, s in shapes.items():
         n = 2 * math.prod(s)
         header[k] = {"dtype": "F16", "shape": list(s), "data_offsets": [offset, offset + n]}
@@ -174,6 +191,7 @@ def main() -> None:
     ap.add_argument("--touch", choices=("pages", "clone"), default="pages")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
     ap.add_argument("--keep", type=Path, default=None, help="use/keep this file instead of a temp one")
+    ap.add_argument("--families", default="sd1,sdxl", help="comma list of sd1, sdxl")
     ap.add_argument("--sniff", action="store_true", help="only time sniff on sparse real-shape files")
     ap.add_argument("--child", choices=("ours", "reference"), help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)
@@ -192,14 +210,23 @@ def main() -> None:
             args.json.write_text(json.dumps({"sniff_ms": timings}, indent=2))
         return
 
+    report = {"families": {}}
+    for family in [f.strip() for f in args.families.split(",") if f.strip()]:
+        report["families"][family] = bench_family(family, args)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+def bench_family(family: str, args: argparse.Namespace) -> dict:
+    """Make (or reuse) the family's file, time both contenders, print the table, return the figures."""
     tmp = None
     if args.keep and args.keep.exists():
         path = args.keep
     else:
         tmp = tempfile.TemporaryDirectory(prefix="bench_load_")
-        path = args.keep or Path(tmp.name) / "sd1_unet_fp16.safetensors"
+        path = args.keep or Path(tmp.name) / f"{family}_unet_fp16.safetensors"
         t0 = time.perf_counter()
-        make_sd1_file(path)
+        make_unet_file(path, family)
         log.info("wrote %s (%.2f GB) in %.1f s", path, path.stat().st_size / 1e9, time.perf_counter() - t0)
     size = path.stat().st_size
     with open(path, "rb") as f:  # warm the page cache for both contenders
@@ -230,7 +257,7 @@ def main() -> None:
 
     ours, ref = agg("ours"), agg("reference")
     summary = {
-        "file_bytes": size, "touch": args.touch, "rounds": args.rounds, "repeats": args.repeats,
+        "family": family, "file_bytes": size, "touch": args.touch, "rounds": args.rounds, "repeats": args.repeats,
         "ours": ours, "reference": ref,
         "time_ratio": ours["total_s"] / ref["total_s"],
         "load_only_ratio": ours["load_s"] / ref["load_s"],
@@ -242,7 +269,7 @@ def main() -> None:
     touch_text = ("one byte of every 4 KiB page of every tensor read after each load" if args.touch == "pages"
                   else "every tensor cloned after each load")
     lines = [
-        f"SD1 fp16 UNet, {size / 1e9:.3f} GB, warm page cache; {args.rounds} subprocesses x {args.repeats} loads "
+        f"{family} fp16 UNet, {size / 1e9:.3f} GB, warm page cache; {args.rounds} subprocesses x {args.repeats} loads "
         f"each; touch: {touch_text}",
         f"{'':12}{'load s':>10}{'touch s':>10}{'total s':>10}{'peak RSS GB':>13}{'RSS/file':>10}{'growth/file':>13}",
     ]
@@ -256,8 +283,9 @@ def main() -> None:
                  f"{ours['rss_growth_over_file']:.3f} counting only growth over the pre-load RSS "
                  f"({ours['rss_before_bytes'] / 1e6:.0f} MB of runtime) (goal <= 1.15)")
     sys.stdout.write("\n".join(lines) + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
 
 
 if __name__ == "__main__":

@@ -11,7 +11,22 @@ Defaults: 3x512x512, batch 16, bf16 autocast, channels_last, cudnn.benchmark, wi
 ``--compile`` wraps both sides in ``torch.compile`` (falling back to eager if it fails).
 ``--quick`` is a tiny CPU run (64x64, batch 2, widths 8..128) that checks the script works.
 
+Our fast inference path (``unet_core/segmentation/fast.py``) is timed in the same run as two
+more forward variants: ``ours_fast`` (BatchNorm folded, bf16 weights + autocast, channels_last,
+eager, conv + bias (+ residual) + ReLU as one cuDNN kernel where measured faster; on CUDA also
+``ours_fast_unfused`` without those kernels, unless ``--no-fuse-relu``) and ``ours_compiled`` (the folded bf16 channels_last copy, without the cuDNN kernels, under
+``torch.compile`` with ``--compile-mode``; skipped
+in ``--quick`` and with ``--skip-compiled``). Each of ours / ours_fast / ours_compiled is set
+against the architecture's target reference (``TARGETS``: U-Net vs the plain eager U-Net 1.5x,
+Attention U-Net vs MONAI AttentionUnet 1.5x, smp Unet vs smp's eager Unet 1.2x, UNet++ vs
+MONAI BasicUNetPlusPlus 1.2x); the JSON holds ratios, the target and pass/fail per variant.
+``--agree`` checks on the device that each fast/compiled variant's probabilities (sigmoid of
+the logits) agree with the eager fp32 forward of the same weights (BatchNorm statistics made
+non-trivial, TF32 off for the fp32 side) within ``fast.BF16_PROB_TOLERANCE``, and records the
+max abs difference in the JSON.
+
     python benchmarks/bench_segmentation.py --device cuda --json seg_bench.json
+    python benchmarks/bench_segmentation.py --device cuda --agree --only unet attention_unet --json fast.json
     python benchmarks/bench_segmentation.py --quick
 """
 
@@ -230,6 +245,112 @@ def measure(build: Callable[[], nn.Module], args: argparse.Namespace, device: to
             "train_ms": t_train * 1e3, "train_img_s": args.batch / t_train}
 
 
+# architecture -> (row key of the reference the target is set against, its name, the ratio to reach)
+TARGETS: dict[str, tuple[str, str, float]] = {
+    "unet": ("reference", "plain eager U-Net", 1.5),
+    "attention_unet": ("reference", "MONAI AttentionUnet eager", 1.5),
+    "smp_unet": ("reference", "smp Unet eager", 1.2),
+    "unet_plus_plus": ("monai", "MONAI BasicUNetPlusPlus eager", 1.2),
+}
+VARIANTS = ("ours", "ours_fast", "ours_fast_unfused", "ours_compiled")
+# variant label -> (prepare_inference speed, fuse_relu)
+PREPARED: dict[str, tuple[str, bool]] = {"fast": ("fast", True), "fast_unfused": ("fast", False),
+                                         "compiled": ("compiled", False)}
+
+
+def measure_prepared(build: Callable[[], nn.Module], args: argparse.Namespace, device: torch.device,
+                     label: str) -> dict[str, Any]:
+    """images/s of our prepared inference forward (``fast.prepare_inference``) on the benchmark batch."""
+    from unet_lab.unet_core.segmentation import fast
+
+    torch.manual_seed(0)
+    model = build().eval()
+    x = torch.rand(args.batch, 3, args.size, args.size, device=device).to(memory_format=torch.channels_last)
+    speed, fuse = PREPARED[label]
+    forward = fast.prepare_inference(model, device, speed, args.compile_mode, fuse_relu=fuse)
+    t0 = time.perf_counter()
+    forward(x)  # the first call compiles (or falls back)
+    _sync(device)
+    first = time.perf_counter() - t0
+    t_fwd = _time(lambda: forward(x), device, args.warmup, args.iters)  # noqa: F821 - deleted below, after use
+    result = {"forward_ms": t_fwd * 1e3, "forward_img_s": args.batch / t_fwd, "first_call_s": first,
+              "speed_run": forward.speed, "weights_dtype": str(forward.dtype).replace("torch.", ""),
+              "autocast": str(forward.autocast).replace("torch.", "") if forward.autocast else None,
+              "channels_last": forward.channels_last, "conv_relu_fused": forward.fused_layers,
+              "conv_relu_fused_kernel_chosen": sum(sum(m.choice.values()) for m in forward.module.modules()
+                                                   if isinstance(m, fast.ConvReLU)),
+              "compile_mode": args.compile_mode if speed == "compiled" else None}
+    del forward, model
+    fast.clear_inference_cache()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def _nontrivial_norms(model: nn.Module, seed: int = 0) -> None:
+    """BatchNorm statistics and affine parameters away from the identity (so folding is exercised)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+                if m.weight is not None:
+                    m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+                    m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+def agreement(arch: str, build: Callable[[], nn.Module], args: argparse.Namespace, device: torch.device,
+              labels: list[str]) -> dict[str, Any]:
+    """Max abs difference of probabilities: each prepared variant vs the eager fp32 forward."""
+    from unet_lab.unet_core.segmentation import fast
+
+    torch.manual_seed(0)
+    model = build()
+    _nontrivial_norms(model)
+    model = model.eval().to(device)
+    x = torch.rand(min(args.batch, 2), 3, args.size, args.size, device=device)
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.inference_mode():
+            exact = torch.sigmoid(model(x).float())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    out: dict[str, Any] = {"tolerance": fast.BF16_PROB_TOLERANCE, "batch": int(x.shape[0])}
+    for label in labels:
+        speed, fuse = PREPARED[label]
+        forward = fast.prepare_inference(model, device, speed, args.compile_mode, fuse_relu=fuse)
+        probs = torch.sigmoid(forward(x))
+        diff = float((probs - exact).abs().max())
+        clear = (exact - 0.5).abs() > fast.BF16_PROB_TOLERANCE
+        flips = int(((probs >= 0.5) != (exact >= 0.5))[clear].sum())
+        out[label] = {"max_abs_prob_diff": diff, "mask_flips_outside_band": flips,
+                      "speed_run": forward.speed, "pass": diff <= fast.BF16_PROB_TOLERANCE and flips == 0}
+        log.info("%-20s   agree %-12s max |dp| %.2e, mask flips away from 0.5: %d -> %s", arch, label, diff, flips,
+                 "ok" if out[label]["pass"] else "FAIL")
+    del model
+    fast.clear_inference_cache()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def target_check(arch: str, row: dict[str, Any]) -> dict[str, Any] | None:
+    """Ratios of each of our variants against the architecture's target reference, with pass/fail."""
+    if arch not in TARGETS:
+        return None
+    key, name, target = TARGETS[arch]
+    ref = row.get(key)
+    if ref is None:
+        return {"reference": name, "target": target, "available": False}
+    ratios = {v: row[v]["forward_img_s"] / ref["forward_img_s"] for v in VARIANTS if v in row}
+    passed = {v: r >= target for v, r in ratios.items()}
+    return {"reference": name, "target": target, "available": True, "ratios": ratios, "pass": passed,
+            "met": any(passed.values())}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -242,10 +363,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
     ap.add_argument("--compile", action="store_true", help="torch.compile both sides (eager fallback)")
     ap.add_argument("--only", nargs="*", help="architectures to run (default: all)")
+    ap.add_argument("--compile-mode", default="default",
+                    choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                    help="torch.compile mode of the ours_compiled variant")
+    ap.add_argument("--skip-compiled", action="store_true", help="do not time the ours_compiled variant")
+    ap.add_argument("--no-fuse-relu", action="store_true",
+                    help="skip ours_fast_unfused (on CUDA: ours_fast without the cuDNN conv + ReLU kernels)")
+    ap.add_argument("--agree", action="store_true",
+                    help="check the fast/compiled variants against the eager fp32 forward (max |dp| in the JSON)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     if args.quick:
         args.device, args.size, args.batch, args.iters, args.warmup = "cpu", 64, 2, 2, 1
+        args.skip_compiled = True  # compiling on this CPU takes minutes; the GPU run times it
         torch.set_num_threads(1)
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -268,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "size": args.size, "batch": args.batch, "dtype": args.dtype,
-        "channels_last": True, "compile": args.compile, "widths": widths, "architectures": {},
+        "channels_last": True, "compile": args.compile, "widths": widths, "compile_mode": args.compile_mode,
+        "architectures": {},
     }
     log.info("%-20s %8s %12s %12s %12s %12s %7s %7s", "architecture", "params", "fwd img/s", "ref fwd",
              "train img/s", "ref train", "fwd x", "train x")
@@ -287,12 +418,30 @@ def main(argv: list[str] | None = None) -> int:
             row["train_ratio_monai"] = row["ours"]["train_img_s"] / row["monai"]["train_img_s"]
             log.info("%-20s monai BasicUNetPlusPlus: fwd %.1f img/s, train %.1f img/s", arch,
                      row["monai"]["forward_img_s"], row["monai"]["train_img_s"])
+        speeds = (["fast"] + (["fast_unfused"] if device.type == "cuda" and not args.no_fuse_relu else [])
+                  + ([] if args.skip_compiled else ["compiled"]))
+        for speed in speeds:
+            row[f"ours_{speed}"] = measure_prepared(ours[arch], args, device, speed)
+        check = target_check(arch, row)
+        if check is not None:
+            row["target"] = check
+        if args.agree:
+            row["agreement"] = agreement(arch, ours[arch], args, device, speeds)
         results["architectures"][arch] = row
         ref = row.get("reference", {})
         log.info("%-20s %7.2fM %12.1f %12s %12.1f %12s %7s %7s", arch, row["ours"]["params_M"],
                  row["ours"]["forward_img_s"], f"{ref['forward_img_s']:.1f}" if ref else "-",
                  row["ours"]["train_img_s"], f"{ref['train_img_s']:.1f}" if ref else "-",
                  f"{row['forward_ratio']:.2f}" if ref else "-", f"{row['train_ratio']:.2f}" if ref else "-")
+        for speed in speeds:
+            v = row[f"ours_{speed}"]
+            log.info("%-20s   ours %-12s fwd %10.1f img/s (ran %s, first call %.1f s, fused conv+relu %d/%d)",
+                     arch, speed, v["forward_img_s"], v["speed_run"], v["first_call_s"],
+                     v["conv_relu_fused_kernel_chosen"], v["conv_relu_fused"])
+        if check is not None and check["available"]:
+            log.info("%-20s   target %.1fx %s: %s -> %s", arch, check["target"], check["reference"],
+                     ", ".join(f"{k} {r:.2f}x" for k, r in check["ratios"].items()),
+                     "met" if check["met"] else "NOT met")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
         log.info("wrote %s", args.json)

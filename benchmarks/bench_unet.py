@@ -6,10 +6,13 @@ SDXL fp16 batch 2, 128x128 latents, 77x2048 context plus the 2816-wide ADM vecto
 the very same weight tensors (ours is filled by renaming diffusers' state dict through the
 shared key map, ``assign=True``), so memory holds one copy. Variants alternate pass by pass;
 each pass is timed between two ``torch.cuda.synchronize()`` calls; the median is reported,
-with the max |difference| between the two outputs. ``--compile`` adds ``torch.compile`` runs of
-both (``dynamic=False``); a compile failure is reported and the eager figures stand. Compiling
-both SDXL models takes minutes: on a 10-minute budget run ``--cases sd15 --compile`` and
-``--cases sdxl --compile`` separately. On CPU, compile is impractically slow (use eager).
+with the max |difference| between the two outputs. ``--compile [blocks|full]`` adds runs of both
+through ``unet_core.diffusion.compiled`` at the same scope (``dynamic=False``): ``blocks``
+compiles every residual and transformer block on its own (diffusers' ResnetBlock2D and
+BasicTransformerBlock, our ResBlock and BasicTransformerBlock), ``full`` the whole forward
+(minutes for SDXL). A region that fails to compile runs eagerly and its error is recorded; the
+max difference of each compiled model against its eager output is recorded too. On CPU,
+compile is impractically slow (use eager).
 
     python benchmarks/bench_unet.py --device cuda --json unet.json        # the real cases, fp16
     python benchmarks/bench_unet.py --device cuda --compile
@@ -21,6 +24,7 @@ Needs only torch, diffusers and safetensors (plus this repository).
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import logging
@@ -127,8 +131,28 @@ def time_variants(fns: dict, device: torch.device, warmup: int, iters: int) -> d
     return times
 
 
+DIFFUSERS_BLOCKS = {"ResnetBlock2D": "forward", "BasicTransformerBlock": "forward"}  # diffusers' matching ours
+
+
+def _sample(output):
+    return output.sample if hasattr(output, "sample") else output[0]
+
+
+def _compile_errors(*objects) -> list[str]:
+    """Failures recorded by the compiled regions (CompiledCall) of these models or wrappers."""
+    from unet_lab.unet_core.compiling import CompiledCall
+
+    found = []
+    for obj in objects:
+        calls = [obj] if isinstance(obj, CompiledCall) else []
+        if isinstance(obj, torch.nn.Module):
+            calls += [c for m in obj.modules() for c in vars(m).values() if isinstance(c, CompiledCall)]
+        found += [c.error for c in calls if c.error]
+    return found
+
+
 def run_case(name: str, config: UNetConfig, batch: int, size: int, tokens: int, pooled: int, device, dtype,
-             warmup: int, iters: int, compile_: bool) -> dict:
+             warmup: int, iters: int, compile_scope: str | None) -> dict:
     ref, ours = build_pair(config, device, dtype)
     x, t, ctx, ref_kw, our_kw = make_inputs(config, batch, size, tokens, device, dtype, pooled)
     with torch.inference_mode():
@@ -138,18 +162,28 @@ def run_case(name: str, config: UNetConfig, batch: int, size: int, tokens: int, 
               "device": str(device), "params_M": round(sum(p.numel() for p in ours.parameters()) / 1e6, 1),
               "max_abs_diff": float((a - b).abs().max()), "ref_abs_max": float(a.abs().max())}
     fns = {"diffusers": lambda: ref(x, t, ctx, **ref_kw).sample, "ours": lambda: ours(x, t, ctx, **our_kw)}
-    if compile_:
-        try:
-            c_ref = torch.compile(ref, dynamic=False)
-            c_ours = torch.compile(ours, dynamic=False)
-            with torch.inference_mode():
-                c_ref(x, t, ctx, **ref_kw)
-                c_ours(x, t, ctx, **our_kw)
-            fns["diffusers+compile"] = lambda: c_ref(x, t, ctx, **ref_kw).sample
-            fns["ours+compile"] = lambda: c_ours(x, t, ctx, **our_kw)
-        except Exception as exc:  # noqa: BLE001 - report and fall back to eager figures
-            log.warning("torch.compile failed for %s: %s", name, str(exc).splitlines()[0][:200])
-            result["compile_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    if compile_scope:
+        from unet_lab.unet_core.diffusion.compiled import compile_blocks, compile_unet
+
+        # the same scope on both sides: the whole model, or its residual + transformer blocks
+        started = time.perf_counter()
+        if compile_scope == "full":
+            c_ref = compile_unet(ref, "full", dynamic=False)
+            c_ours = compile_unet(ours, "full", dynamic=False)
+        else:  # blocks are compiled in place: on copies, so the eager variants stay eager
+            c_ref = copy.deepcopy(ref)
+            compile_blocks(c_ref, DIFFUSERS_BLOCKS, "diffusers", dynamic=False)
+            c_ours = compile_unet(copy.deepcopy(ours), "blocks", dynamic=False)
+        with torch.inference_mode():
+            c_a = _sample(c_ref(x, t, ctx, **ref_kw)).float()
+            c_b = c_ours(x, t, ctx, **our_kw).float()
+        _sync(device)
+        result["compile"] = {"scope": compile_scope, "first_call_s": round(time.perf_counter() - started, 1),
+                             "errors": sorted({e for e in _compile_errors(ref, ours, c_ref, c_ours) if e}),
+                             "max_abs_diff_compiled_vs_eager": {"diffusers": float((c_a - a).abs().max()),
+                                                                "ours": float((c_b - b).abs().max())}}
+        fns["diffusers+compile"] = lambda: _sample(c_ref(x, t, ctx, **ref_kw))
+        fns["ours+compile"] = lambda: c_ours(x, t, ctx, **our_kw)
     times = time_variants(fns, device, warmup, iters)
     result["median_ms"] = {k: round(statistics.median(v), 3) for k, v in times.items()}
     result["min_ms"] = {k: round(min(v), 3) for k, v in times.items()}
@@ -158,6 +192,8 @@ def run_case(name: str, config: UNetConfig, batch: int, size: int, tokens: int, 
     if "ours+compile" in med:
         result["ratio_compiled_ours_over_diffusers"] = round(med["ours+compile"] / med["diffusers+compile"], 3)
     del ref, ours, fns
+    if compile_scope:
+        del c_ref, c_ours
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -170,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default=None, help="fp16 (default on cuda), bf16 or fp32 (default on cpu)")
     parser.add_argument("--tiny", action="store_true", help="reduced configs and sizes (CPU smoke run)")
     parser.add_argument("--cases", default="sd15,sdxl", help="comma list of sd15, sdxl")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile of both models")
+    parser.add_argument("--compile", nargs="?", const="blocks", default=None, choices=["blocks", "full"],
+                        help="also time both models through torch.compile: 'blocks' (default; every residual and "
+                             "transformer block compiled on its own) or 'full' (the whole forward)")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
@@ -185,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     dtype = names[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
     warmup = args.warmup if args.warmup is not None else (10 if device.type == "cuda" else 1)
     iters = args.iters if args.iters is not None else (50 if device.type == "cuda" else 3)
+    if args.compile:  # one compiled variant per block shape: SDXL has more than the default limit
+        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+        setattr(torch._dynamo.config, limit, 64)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -205,13 +246,15 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps({"results": results}, indent=2))
 
     variants = ["diffusers", "ours", "diffusers+compile", "ours+compile"]
-    header = f"{'case':12} {'dtype':8} " + " ".join(f"{v:>18}" for v in variants) + f" {'ours/diff':>9} {'max|diff|':>10}"
+    header = (f"{'case':12} {'dtype':8} " + " ".join(f"{v:>18}" for v in variants)
+              + f" {'ours/diff':>9} {'compiled':>9} {'max|diff|':>10}")
     lines = [header, "-" * len(header)]
     for r in results:
         cells = " ".join(f"{r['median_ms'].get(v, float('nan')):>15.2f} ms" if v in r["median_ms"] else f"{'-':>18}"
                          for v in variants)
+        compiled = r.get("ratio_compiled_ours_over_diffusers")
         lines.append(f"{r['case']:12} {r['dtype']:8} {cells} {r['ratio_ours_over_diffusers']:>9.3f} "
-                     f"{r['max_abs_diff']:>10.2e}")
+                     f"{compiled if compiled is not None else '-':>9} {r['max_abs_diff']:>10.2e}")
     env = {"torch": torch.__version__, "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
            else "cpu", "threads": torch.get_num_threads()}
     try:

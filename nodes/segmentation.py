@@ -19,7 +19,7 @@ from ..unet_core.errors import HostError, InputError
 from ..unet_core.segmentation.augment import AugmentConfig
 from ..unet_core.segmentation.checkpoint import SegmentationMeta, load_segmentation, save_segmentation
 from ..unet_core.segmentation.data import dataset_from_batches, load_pair_folder
-from ..unet_core.segmentation.inference import SegUNet, compare_masks, overlay, segment
+from ..unet_core.segmentation.inference import SEGMENT_SPEEDS, SegUNet, compare_masks, overlay, segment
 from ..unet_core.segmentation.losses import LOSSES
 from ..unet_core.segmentation.registry import ARCHITECTURES, build_model
 from ..unet_core.segmentation.synthetic import make_synthetic
@@ -37,6 +37,13 @@ AUGMENTATIONS = ("flips+rotations+brightness", "flips+rotations+brightness+elast
 SPLITS = ("train", "validation", "test")
 SEG_TYPE = "SEG_UNET"
 CATEGORY = "UNet Lab/segmentation"
+SPEED_TOOLTIP = ("How the model runs. auto: fast on a CUDA GPU, exact elsewhere. exact: the weights as stored, "
+                 "float32: the reference result. fast: BatchNorm folded into the convolutions; on a CUDA GPU also "
+                 "bfloat16 (fp16 without bf16) and channels_last (faster), probabilities within "
+                 "about 0.02 of exact, so masks can differ only where the probability is that close to the "
+                 "threshold; on the CPU only the folding (float32, same result to ~1e-5). compiled: fast plus "
+                 "torch.compile: the first run compiles (up to minutes), later runs reuse it; falls back to "
+                 "fast when compiling fails.")
 
 
 def _model_choices() -> list[str]:
@@ -160,13 +167,14 @@ class UNetLabSegmentImage:
             "optional": {
                 "ground_truth": ("MASK", {"tooltip": "Optional true masks [B, H, W]: the report then gives Dice "
                                                      "and IoU of the predicted masks."}),
+                "speed": (list(SEGMENT_SPEEDS), {"default": "auto", "tooltip": SPEED_TOOLTIP}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def segment(self, seg_unet: Any, image: torch.Tensor, tile_size: int = 512, overlap: float = 0.25,
                 flip_tta: bool = False, threshold: float = -1.0, class_mode: str = "foreground",
-                blend: str = "gaussian", ground_truth: torch.Tensor | None = None,
+                blend: str = "gaussian", ground_truth: torch.Tensor | None = None, speed: str = "auto",
                 unique_id: Any = None) -> dict[str, Any]:
         seg = _check_seg(seg_unet, "Segment Image")
         host = get_host()
@@ -183,14 +191,14 @@ class UNetLabSegmentImage:
                              tta_flips=bool(flip_tta), threshold=None if threshold < 0 else float(threshold),
                              class_mode=class_mode, device=device, progress=_progress(1, unique_id),
                              free_memory=host.free_memory(torch.device("cpu")), extra_output_bytes=overlay_bytes,
-                             release_memory=host.release_memory)
+                             release_memory=host.release_memory, speed=speed)
         finally:
             model.to(original)
             host.release_memory()
         tinted = overlay(image, result.masks, result.plane_names)
         lines = [f"{image.shape[0]} image(s) {image.shape[2]} x {image.shape[1]} px, {result.tiles} tile pass(es) of "
-                 f"up to {result.tile_size} px, {result.masks.shape[0]} mask plane(s): "
-                 f"{sorted(set(result.plane_names))}"]
+                 f"up to {result.tile_size} px ({result.tile_batch} per model call, speed {result.speed}), "
+                 f"{result.masks.shape[0]} mask plane(s): {sorted(set(result.plane_names))}"]
         lines += result.warnings
         if ground_truth is not None:
             dice, iou = compare_masks(result.masks, ground_truth)

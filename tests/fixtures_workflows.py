@@ -356,6 +356,9 @@ FRONTEND_PROMPTS = {
      "3",
      0
     ],
+    # "speed" added by hand with the new optional widget (not yet re-recorded): the frontend sends
+    # every widget value of a node, optional widgets included
+    "speed": "auto",
     "threshold": -1,
     "tile_size": 512
    }
@@ -805,6 +808,9 @@ FRONTEND_PROMPTS = {
      "3",
      0
     ],
+    # "speed" added by hand with the new optional widget (not yet re-recorded): the frontend sends
+    # every widget value of a node, optional widgets included
+    "speed": "auto",
     "threshold": -1,
     "tile_size": 512
    }

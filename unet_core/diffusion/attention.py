@@ -87,6 +87,9 @@ def _split_options(transformer_options: dict[str, Any]) -> tuple[dict, dict, dic
     return patches, replace, extra
 
 
+_BLOCK_PATCHES = ("attn1_patch", "attn2_patch", "attn1_output_patch", "attn2_output_patch")
+
+
 def _replace_fn(table: dict, full_key: Any, block: Any) -> Any:
     if full_key is not None and full_key in table:
         return table[full_key]
@@ -118,10 +121,20 @@ class BasicTransformerBlock(nn.Module):
         q, k, v = attn.to_q(n), attn.to_k(context), attn.to_v(value)
         return attn.to_out(replace(q, k, v, extra))
 
+    def plain(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """The block without patches: tensors in, tensors out (what ``diffusion.compiled``
+        compiles; no per-block dict reaches the compiler, so one compiled graph serves every
+        block of a shape)."""
+        x = x + self.attn1(self.norm1(x))
+        x = x + self.attn2(self.norm2(x), context=context)
+        return x + self.ff(self.norm3(x))
+
     def forward(self, x: torch.Tensor, context: torch.Tensor | None,
                 transformer_options: dict[str, Any] | None = None) -> torch.Tensor:
         options = transformer_options or {}
         patches, replace, extra = _split_options(options)
+        if not replace.get("attn1") and not replace.get("attn2") and not any(k in patches for k in _BLOCK_PATCHES):
+            return self.plain(x, context)
         extra["n_heads"] = self.n_heads
         extra["dim_head"] = self.d_head
         block = options.get("block")

@@ -30,9 +30,10 @@ from the unpatched one as the strength rises. The batch is split into equal chun
 per entry of ``transformer_options["cond_or_uncond"]`` (0 = cond, 1 = uncond); with no
 such entry the whole batch counts as one cond chunk.
 
-Cost per gated block (measured on CUDA: 10 kernels): two channel reductions written into one
-[B, 2, H, W] buffer, one instance norm (3 kernels), add, sigmoid, one lerp for the applied
-map and one multiply of ``hsp``; no host sync, no copy of the features.
+Cost per gated block: on CUDA with Triton, two fused kernels (``fused_gate.py``); elsewhere
+(and as the reference) 10 eager kernels: two channel reductions written into one [B, 2, H, W]
+buffer, one instance norm (3 kernels), add, sigmoid, one lerp for the applied map and one
+multiply of ``hsp``. No host sync, no copy of the features.
 ``hsp`` is not modified in place (the tensor may be shared with the caller).
 """
 
@@ -46,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import GateError
+from .fused_gate import fused_skip_gate, fused_usable
 from .levels import SkipBlock, parse_level_strengths, parse_levels, skip_blocks
 
 log = logging.getLogger(__name__)
@@ -173,11 +175,13 @@ class SkipGatePatch:
     """The ``output_block_patch`` callable (ComfyUI's signature; works on any host's patcher)."""
 
     def __init__(self, settings: SkipGateSettings, trained: Any | None = None,
-                 recorder: GateMapRecorder | None = None) -> None:
+                 recorder: GateMapRecorder | None = None, fused: bool = True) -> None:
         self.settings = settings
         self.trained = trained
         self.recorder = recorder
+        self.fused = fused  # False: always the eager path (the reference; benchmarks compare both)
         self._ones: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        self._rows: dict[tuple, torch.Tensor] = {}
 
     def _one(self, like: torch.Tensor) -> torch.Tensor:
         key = (like.device, like.dtype)
@@ -185,6 +189,18 @@ class SkipGatePatch:
         if one is None:
             one = self._ones[key] = torch.ones((), dtype=like.dtype, device=like.device)
         return one
+
+    def _row_coefficients(self, like: torch.Tensor, coefficient: float,
+                          skipped: list[tuple[int, int]]) -> torch.Tensor:
+        """fp32 [B] on ``like``'s device: ``c (1 - floor)``, 0 on skipped rows (made once per case)."""
+        key = (like.device, like.shape[0], coefficient, tuple(skipped))
+        rows = self._rows.get(key)
+        if rows is None:
+            values = [coefficient * (1.0 - self.settings.floor)] * like.shape[0]
+            for start, stop in skipped:
+                values[start:stop] = [0.0] * (stop - start)
+            rows = self._rows[key] = torch.tensor(values, dtype=torch.float32, device=like.device)
+        return rows
 
     def __deepcopy__(self, memo: dict) -> SkipGatePatch:
         return self  # immutable; keeps the recorder shared across ModelPatcher.clone()
@@ -209,6 +225,14 @@ class SkipGatePatch:
         if not acts and self.recorder is None:
             return h, hsp
         block = s.blocks[block_id]
+        if acts and self.fused and self.trained is None and fused_usable(h, hsp):
+            fused = fused_skip_gate(h, hsp, self._row_coefficients(hsp, coefficient, skipped), s.sharpness, s.eps,
+                                    want_alpha=self.recorder is not None)
+            if fused is not None:
+                out, alpha = fused
+                if self.recorder is not None:
+                    self.recorder.record(block, alpha, s.floor, transformer_options.get("cond_or_uncond"))
+                return h, out
         alpha = self.alpha(block, h, hsp)
         if alpha is None:
             return h, hsp

@@ -29,7 +29,13 @@ masks by argmax; B x K planes ordered image-major).
 Large images run tiled (see :mod:`.tiling`); memory is bounded by the tile and the output. The
 outputs themselves must fit: the request is refused up front, with the sizes, when outputs and
 working buffers exceed the free host memory. On a CUDA out-of-memory error the tile size is
-halved and the image redone, down to ``min_tile``.
+halved and the image redone, down to ``min_tile`` (an automatically chosen tile batch is halved
+first).
+
+On a GPU the work stays there: the IMAGE batch is copied to the device once when it fits
+(``UPLOAD_LIMIT``; else one tile row at a time), its values are checked there, each tile row is
+normalised once and its tiles are sliced, batched (``auto_tile_batch``) and blended on the
+device, and finished rows come back through a pinned buffer while the next row computes.
 """
 
 from __future__ import annotations
@@ -42,10 +48,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..compiling import is_out_of_memory
 from ..errors import InputError, SegmentationError
 from ..memory import available_ram
 from ..progress import ProgressCallback, no_progress
-from .tiling import BLENDS, plan_tiles, run_tiled, working_bytes
+from .tiling import BLENDS, TilePlan, choose_tile_batch, plan_tiles, run_tiled, working_bytes
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,8 @@ class SegmentationResult:
     tile_size: int
     tiles: int
     warnings: list[str] = field(default_factory=list)
+    tile_batch: int = 1  # tiles per model call
+    speed: str = "exact"  # how the model ran (see make_predictor)
 
 
 def _meta(meta: Any, name: str, default: Any) -> Any:
@@ -141,25 +150,36 @@ def inspect_images(images: torch.Tensor, in_channels: int, input_name: str = "im
     return _inspect_values(images, mapping, warnings, input_name, rows_per_chunk)
 
 
+def _value_stats(images: torch.Tensor, rows_per_chunk: int) -> tuple[float, float, int]:
+    """(min, max, count of non-finite values) of a float IMAGE, in row chunks (bounded temporaries).
+
+    The running figures stay tensors on the images' device, so a GPU copy is checked with one
+    wait at the end instead of one per chunk. Min and max are meaningless when the count is not 0.
+    """
+    batch, height = images.shape[:2]
+    device = images.device
+    low = torch.full((), float("inf"), device=device)
+    high = torch.full((), float("-inf"), device=device)
+    bad = torch.zeros((), dtype=torch.int64, device=device)
+    for b in range(batch):
+        for y0 in range(0, height, rows_per_chunk):
+            chunk = images[b, y0:y0 + rows_per_chunk]
+            finite = torch.isfinite(chunk)
+            bad = bad + (finite.numel() - finite.sum())
+            low = torch.minimum(low, chunk.amin().float())
+            high = torch.maximum(high, chunk.amax().float())
+    return float(low), float(high), int(bad)
+
+
 def _inspect_values(images: torch.Tensor, mapping: str, warnings: list[str], input_name: str,
                     rows_per_chunk: int) -> InputPlan:
-    batch, height = images.shape[:2]
     if not images.is_floating_point():
         if images.dtype == torch.bool:
             return InputPlan(1.0, False, mapping, tuple(warnings))
         scale = 255.0 if images.dtype == torch.uint8 else 65535.0
         warnings.append(f"input '{input_name}': integer pixels ({images.dtype}) scaled by 1/{scale:.0f}")
         return InputPlan(scale, True, mapping, tuple(warnings))
-    low, high, bad = float("inf"), float("-inf"), 0
-    for b in range(batch):
-        for y0 in range(0, height, rows_per_chunk):
-            chunk = images[b, y0:y0 + rows_per_chunk]
-            finite = torch.isfinite(chunk)
-            if not bool(finite.all()):
-                bad += int((~finite).sum())
-                continue
-            low = min(low, float(chunk.min()))
-            high = max(high, float(chunk.max()))
+    low, high, bad = _value_stats(images, rows_per_chunk)
     if bad:
         raise InputError(f"input '{input_name}': {bad} NaN or infinite pixel value(s); fix the upstream node "
                          "(the image cannot be segmented with undefined pixels)")
@@ -238,28 +258,44 @@ def _planes(probs: torch.Tensor, mode: str, index: int | None, threshold: float,
         p = probs[index:index + 1]
         mask = (p >= threshold).float() if explicit_threshold else (labels == index).float()[None]
         return p, mask
-    masks = (labels[None] == torch.arange(classes)[:, None, None]).float()
+    masks = (labels[None] == torch.arange(classes, device=probs.device)[:, None, None]).float()
     return probs, masks
 
 
 # -- the model pass ----------------------------------------------------------------------------
-def make_predictor(model: nn.Module, device: torch.device, classes: int, tta_flips: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    """[N, C, h, w] -> class probabilities [N, K, h, w]; mean over the 4 flips when ``tta_flips``."""
-    dtype = next((p.dtype for p in model.parameters()), torch.float32)
+def make_predictor(model: nn.Module, device: torch.device, classes: int, tta_flips: bool,
+                   speed: str = "exact") -> Callable[[torch.Tensor], torch.Tensor]:
+    """[N, C, h, w] -> class probabilities [N, K, h, w]; mean over the 4 flips when ``tta_flips``.
+
+    ``speed``: ``"exact"`` runs the model as it is (its own dtype); ``"fast"`` a cached copy with
+    BatchNorm folded (bf16 + channels_last on CUDA); ``"compiled"`` that copy under
+    ``torch.compile``, falling back to ``"fast"`` when compiling fails (see :mod:`.fast`).
+    """
+    from .fast import SPEEDS, prepare_inference
+
+    if speed not in SPEEDS:
+        raise InputError(f"speed {speed!r}: expected one of {list(SPEEDS)}")
+    if speed == "exact":
+        dtype = next((p.dtype for p in model.parameters()), torch.float32)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return model(x.to(device=device, dtype=dtype))
+    else:
+        forward = prepare_inference(model, device, speed)
 
     def activate(logits: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         return torch.sigmoid(logits) if classes == 1 else torch.softmax(logits, dim=1)
 
     def predict(batch: torch.Tensor) -> torch.Tensor:
-        x = batch.to(device=device, dtype=dtype)
         with torch.inference_mode():
+            x = batch.to(device=device)
             if not tta_flips:
-                return activate(model(x))
+                return activate(forward(x))
             total = None
             for dims in FLIPS:
                 xi = x.flip(dims) if dims else x
-                p = activate(model(xi))
+                p = activate(forward(xi))
                 p = p.flip(dims) if dims else p
                 total = p if total is None else total + p
             return total / len(FLIPS)
@@ -267,23 +303,152 @@ def make_predictor(model: nn.Module, device: torch.device, classes: int, tta_fli
     return predict
 
 
-def _is_oom(error: BaseException) -> bool:
-    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
-    text = str(error).lower()
-    return (oom is not None and isinstance(error, oom)) or "out of memory" in text or "can't allocate memory" in text
+SEGMENT_SPEEDS = ("auto", "exact", "fast", "compiled")
+DEFAULT_TILE_BATCH = 4  # tiles per model call on the CPU
+# Tiles per call on a GPU come from a memory estimate: the activations of a U-Net at full
+# resolution peak at about ACTIVATION_FACTOR maps of its first width (skip, upsampled, the
+# concatenation (2), two conv outputs, norm outputs and slack), per tile; the batch gets at most
+# ACTIVATION_BUDGET bytes and half the free device memory.
+ACTIVATION_FACTOR = 8
+ACTIVATION_BUDGET = 4 << 30
+# An IMAGE batch up to this size (and a quarter of the free device memory) is copied to the device
+# once: its values are checked there and tile rows are sliced from it with no further host reads.
+UPLOAD_LIMIT = 2 << 30
+
+
+def resolve_speed(speed: str, device: torch.device) -> str:
+    """'auto' -> 'fast' on CUDA, 'exact' elsewhere; InputError for an unknown name."""
+    if speed not in SEGMENT_SPEEDS:
+        raise InputError(f"speed {speed!r}: expected one of {list(SEGMENT_SPEEDS)}")
+    if speed == "auto":
+        return "fast" if device.type == "cuda" else "exact"
+    return speed
+
+
+def _first_width(model: nn.Module) -> int:
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return int(conv.out_channels) if conv is not None else 64
+
+
+def auto_tile_batch(model: nn.Module, plan: TilePlan, device: torch.device, speed: str, in_channels: int,
+                    classes: int) -> int:
+    """Tiles per model call: DEFAULT_TILE_BATCH off CUDA; on CUDA what the activation budget allows."""
+    if device.type != "cuda":
+        return DEFAULT_TILE_BATCH
+    elem = 4 if speed == "exact" else 2  # fast / compiled run in bf16
+    per_tile = plan.tile_h * plan.tile_w * (_first_width(model) * elem * ACTIVATION_FACTOR
+                                            + (in_channels + 3 * classes) * 4)
+    free, _total = torch.cuda.mem_get_info(device)
+    return choose_tile_batch(len(plan.xs), per_tile, min(ACTIVATION_BUDGET, free // 2))
+
+
+def _device_copy(images: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    """The IMAGE batch on ``device`` when it is small enough to copy whole (the images themselves on CPU)."""
+    if device.type == "cpu":
+        return images if images.device.type == "cpu" else images.cpu()
+    if device.type != "cuda":
+        return None
+    nbytes = images.numel() * images.element_size()
+    free, _total = torch.cuda.mem_get_info(device)
+    if nbytes > min(UPLOAD_LIMIT, free // 4):
+        return None
+    try:
+        return images.to(device)
+    except Exception as error:  # noqa: BLE001 - out of memory: stream rows instead
+        if not is_out_of_memory(error):
+            raise
+        log.warning("the image batch does not fit on %s (%s); reading it one tile row at a time", device, error)
+        return None
+
+
+class RowWriter:
+    """Writes finished rows (probabilities on the compute device) into the host outputs.
+
+    Staged (the default on CUDA): a row's planes go through one pinned staging buffer with a
+    non-blocking copy; the previous row is moved from staging into the outputs when the next one
+    arrives (its copy was queued before the current row's model calls, so the wait is short and
+    the host copy overlaps the GPU's work). ``flush`` finishes the last row. Unstaged: rows are
+    copied directly (a synchronous copy off the CPU).
+    """
+
+    def __init__(self, probabilities: torch.Tensor, masks: torch.Tensor, planes: int,
+                 to_planes: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+                 tile_h: int, width: int, staged: bool | None = None) -> None:
+        self.probabilities, self.masks, self.planes, self.to_planes = probabilities, masks, planes, to_planes
+        self.device = device
+        self.stage_p = self.stage_m = None
+        self.pending: tuple[int, int, int, Any] | None = None
+        if staged is None:
+            staged = device.type == "cuda"
+        if staged:
+            pin = device.type == "cuda"
+            try:
+                self.stage_p = torch.empty(planes * tile_h * width, pin_memory=pin)
+                self.stage_m = torch.empty(planes * tile_h * width, pin_memory=pin)
+            except RuntimeError as error:  # pinning refused: plain copies still work
+                log.warning("no pinned staging buffer (%s); copying rows synchronously", error)
+                self.stage_p = self.stage_m = None
+
+    @staticmethod
+    def staging_bytes(device: torch.device, planes: int, tile_h: int, width: int) -> int:
+        return 2 * planes * tile_h * width * 4 if device.type == "cuda" else 0
+
+    def __call__(self, b: int, y0: int, probs: torch.Tensor) -> None:
+        p, m = self.to_planes(probs)
+        planes, rows, width = p.shape
+        if self.stage_p is None or p.device.type != self.device.type:
+            lo = b * self.planes
+            self.probabilities[lo:lo + planes, y0:y0 + rows] = p
+            self.masks[lo:lo + planes, y0:y0 + rows] = m
+            return
+        self.flush()  # the staging buffer is free again once the previous row has left it
+        n = planes * rows * width
+        self.stage_p[:n].view(planes, rows, width).copy_(p, non_blocking=True)
+        self.stage_m[:n].view(planes, rows, width).copy_(m, non_blocking=True)
+        event = None
+        if p.is_cuda:
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(p.device))  # the stream the copies were queued on
+        self.pending = (b, y0, rows, event)
+
+    def flush(self) -> None:
+        """Move the queued row (if any) from staging into the outputs."""
+        if self.pending is None:
+            return
+        b, y0, rows, event = self.pending
+        self.pending = None
+        if event is not None:
+            event.synchronize()
+        lo, width = b * self.planes, self.probabilities.shape[-1]
+        n = self.planes * rows * width
+        self.probabilities[lo:lo + self.planes, y0:y0 + rows] = self.stage_p[:n].view(self.planes, rows, width)
+        self.masks[lo:lo + self.planes, y0:y0 + rows] = self.stage_m[:n].view(self.planes, rows, width)
+
+    def discard(self) -> None:
+        """Forget a queued row (the image is being redone); waits for its copy to land first."""
+        if self.pending is not None and self.pending[3] is not None:
+            self.pending[3].synchronize()
+        self.pending = None
 
 
 def segment(model: nn.Module, meta: Any, images: torch.Tensor, tile_size: int = 512, overlap: float = 0.25,
             blend: str = "gaussian", tta_flips: bool = False, threshold: float | None = None,
             class_mode: str = "foreground", device: torch.device | str | None = None,
-            progress: ProgressCallback | None = None, input_name: str = "image", tile_batch: int = 4,
+            progress: ProgressCallback | None = None, input_name: str = "image", tile_batch: int | None = None,
             free_memory: int | None = None, extra_output_bytes: int = 0,
-            release_memory: Callable[[], None] | None = None) -> SegmentationResult:
+            release_memory: Callable[[], None] | None = None, speed: str = "exact") -> SegmentationResult:
     """Segment an IMAGE batch; see the module docstring for the handling of every input case.
 
     ``free_memory``: free host bytes (default: the OS's available memory); the request is
     refused before any work if outputs (+ ``extra_output_bytes``, e.g. an overlay image) and the
     working buffers do not fit. ``release_memory`` is called after the run (accelerator caches).
+    ``tile_batch``: tiles per model call (None: 4 on the CPU, from a memory estimate on CUDA).
+    ``speed``: how the model runs (see ``make_predictor``): "exact" (as stored, float32),
+    "fast" (folded norms, channels_last, bf16 autocast on CUDA), "compiled" (fast + torch.compile),
+    or "auto" ("fast" on CUDA, "exact" elsewhere).
+
+    On a GPU the image is copied to the device once when it fits (else one tile row at a time),
+    tiles are cut, stacked and blended there, and finished rows come back to the host outputs.
     """
     if blend not in BLENDS:
         raise InputError(f"blend {blend!r}: expected one of {list(BLENDS)}")
@@ -291,6 +456,8 @@ def segment(model: nn.Module, meta: Any, images: torch.Tensor, tile_size: int = 
         raise InputError(f"overlap {overlap}: expected 0 <= overlap < 1")
     if tile_size < 1:
         raise InputError(f"tile_size {tile_size}: expected a positive number of pixels")
+    if tile_batch is not None and int(tile_batch) < 1:
+        raise InputError(f"tile_batch {tile_batch}: expected at least 1 tile per model call")
     in_channels, classes = model_channels(model)
     inspect_images(images, in_channels, input_name, values=False)  # shape first: cheap, before planning
     batch, height, width, _ = images.shape
@@ -316,12 +483,17 @@ def segment(model: nn.Module, meta: Any, images: torch.Tensor, tile_size: int = 
     planes = classes if (mode == "all" and classes > 1) else 1
     device = torch.device(device) if device is not None else next(
         (p.device for p in model.parameters()), torch.device("cpu"))
+    speed = resolve_speed(speed, device)
 
     tile = max(int(tile_size), divisor)
     plan = plan_tiles(height, width, tile, overlap, divisor)
     output_bytes = 2 * batch * planes * height * width * 4 + int(extra_output_bytes)
-    work = working_bytes(plan, in_channels, classes, tile_batch)
-    needed = output_bytes + (work if device.type == "cpu" else 0)
+    host_batch = int(tile_batch) if tile_batch is not None else DEFAULT_TILE_BATCH
+    work = working_bytes(plan, in_channels, classes, host_batch, strip=True)
+    # off the CPU the host holds the outputs, the pinned staging and at most one tile row of raw pixels
+    needed = output_bytes + (work if device.type == "cpu" else
+                             RowWriter.staging_bytes(device, planes, plan.tile_h, width)
+                             + plan.tile_h * width * images.shape[-1] * images.element_size())
     free = available_ram() if free_memory is None else int(free_memory)
     if needed > 0.9 * free:
         raise InputError(
@@ -330,9 +502,11 @@ def segment(model: nn.Module, meta: Any, images: torch.Tensor, tile_size: int = 
             f"per image, float32) and tile buffers, but only {free / 2**30:.2f} GiB is free; use a smaller "
             "image or fewer images per batch")
 
-    plan_in = inspect_images(images, in_channels, input_name)  # reads every pixel (NaN, range)
+    source = _device_copy(images, device)  # None: rows are copied from the host one tile row at a time
+    plan_in = inspect_images(source if source is not None else images, in_channels, input_name)  # NaN, range
     for message in plan_in.warnings:
         log.warning("%s", message)
+    mean_d, std_d = mean.to(device), std.to(device)
     probabilities = torch.empty(batch * planes, height, width, dtype=torch.float32)
     masks = torch.empty(batch * planes, height, width, dtype=torch.float32)
     warnings = list(plan_in.warnings)
@@ -340,28 +514,42 @@ def segment(model: nn.Module, meta: Any, images: torch.Tensor, tile_size: int = 
     was_training = model.training
     model.eval()
     done = 0
+    used_batch = host_batch
+    batch_cap = 1 << 30  # lowered when an automatic batch runs out of memory
+    writer = RowWriter(probabilities, masks, planes, lambda probs: _planes(probs, mode, index, thr, explicit),
+                        device, plan.tile_h, width)
     try:
+        predict = make_predictor(model, device, classes, tta_flips, speed=speed)
         for b in range(batch):
-            def read(y0: int, y1: int, x0: int, x1: int, b: int = b) -> torch.Tensor:
-                return to_model_input(images[b, y0:y1, x0:x1], plan_in, mean, std)
+            def read_strip(y0: int, y1: int, b: int = b) -> torch.Tensor:
+                rows = source[b, y0:y1] if source is not None else images[b, y0:y1].to(device)
+                return to_model_input(rows, plan_in, mean_d, std_d)
 
             def sink(y0: int, probs: torch.Tensor, b: int = b) -> None:
-                p, m = _planes(probs, mode, index, thr, explicit)
-                rows = probs.shape[1]
-                probabilities[b * planes:(b + 1) * planes, y0:y0 + rows] = p
-                masks[b * planes:(b + 1) * planes, y0:y0 + rows] = m
+                writer(b, y0, probs)
 
             while True:
                 total = done + plan.count * (batch - b)
+                used_batch = int(tile_batch) if tile_batch is not None else min(batch_cap, auto_tile_batch(
+                    model, plan, device, speed, in_channels, classes))
                 try:
-                    predict = make_predictor(model, device, classes, tta_flips)
-                    done = run_tiled(predict, read, plan, classes, sink, blend, tile_batch, progress, done, total)
+                    done = run_tiled(predict, None, plan, classes, sink, blend, used_batch, progress, done, total,
+                                     read_strip=read_strip)
                     break
                 except Exception as error:  # noqa: BLE001 - only out-of-memory is retried
-                    if not _is_oom(error):
+                    if not is_out_of_memory(error):
                         raise
+                    writer.discard()
                     if release_memory is not None:
                         release_memory()
+                    if tile_batch is None and device.type != "cpu" and used_batch > 1:
+                        # the memory estimate behind the automatic batch was too hopeful: halve it first
+                        batch_cap = used_batch // 2
+                        message = (f"out of memory with {used_batch} tiles per call on {device}; retrying image "
+                                   f"{b} with {batch_cap}")
+                        log.warning("%s", message)
+                        warnings.append(message)
+                        continue
                     smaller = max(plan.tile_h, plan.tile_w) // 2
                     if smaller < max(MIN_TILE, divisor):
                         raise SegmentationError(f"out of memory even with {max(plan.tile_h, plan.tile_w)} px tiles on "
@@ -371,14 +559,17 @@ def segment(model: nn.Module, meta: Any, images: torch.Tensor, tile_size: int = 
                     log.warning("%s", message)
                     warnings.append(message)
                     plan = plan_tiles(height, width, smaller, overlap, divisor)
+        writer.flush()
     finally:
+        writer.discard()
+        source = None  # drop the device copy before the caches are released
         model.train(was_training)
         if release_memory is not None:
             release_memory()
     plane_names = [names[k] for _ in range(batch) for k in range(planes)] if planes > 1 else \
         [("foreground" if mode == "foreground" else names[index or 0])] * batch
     return SegmentationResult(probabilities, masks, plane_names, names, max(plan.tile_h, plan.tile_w),
-                              done, warnings)
+                              done, warnings, tile_batch=used_batch, speed=speed)
 
 
 # -- what travels between nodes --------------------------------------------------------------

@@ -1,0 +1,121 @@
+"""The fused (Triton) skip gate against the documented math, run in Triton's CPU interpreter.
+
+The kernels are the same source that runs on CUDA; ``TRITON_INTERPRET=1`` executes them with
+numpy on CPU tensors, so their indexing, masking, tiling and the combination of tile
+statistics are checked here. Triton reads that variable when it is first imported, so this
+file runs in its own pytest process, started by ``test_gates_fused.py`` (its name keeps the
+main run from collecting it). On the GPU machine, ``benchmarks/bench_skip_gate.py --agree``
+compares the fused and eager paths on full-size SD1/SDXL UNets.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton
+
+import pytest  # noqa: E402
+import torch
+from fixtures_gates import reference_applied, reference_energy_alpha, run, tiny_config, tiny_patcher, unet_inputs
+
+pytest.importorskip("triton")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def interpreted(monkeypatch):
+    """The fused module with its kernels built for Triton's interpreter (and rebuilt after)."""
+    from unet_lab.unet_core.gates import fused_gate
+
+    import triton.language as tl
+
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    assert tl is not None
+    fused_gate.load_kernels(fresh=True)
+    yield fused_gate
+    fused_gate._state["kernels"] = None
+    fused_gate._state["failed"] = False
+
+
+def _features(batch, channels, height, width, seed, offset=0.0):
+    """Features whose channel norm varies strongly over space (and sits on a large offset)."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn(batch, channels, height, width, generator=gen)
+    ramp = torch.linspace(0.2, 3.0, height * width).reshape(1, 1, height, width)
+    return base * ramp + offset
+
+
+def _reference(h, hsp, rows, sharpness):
+    """float64 ``m * hsp`` and ``alpha``; a row coefficient ``k = c (1 - floor)`` is the map
+    ``1 - c (1 - alpha')`` written with strength ``k`` and no floor."""
+    alpha = reference_energy_alpha(h, hsp, sharpness)  # float64 [B,1,H,W]
+    m = torch.stack([reference_applied(alpha[b], k, 0.0) for b, k in enumerate(rows)])
+    return m * hsp.double(), alpha
+
+
+@pytest.mark.parametrize("shape", [(4, 40, 72, 13, 11), (2, 33, 20, 64, 64), (1, 8, 8, 1, 5)])
+def test_fused_gate_matches_the_math_fp32(interpreted, shape):
+    batch, cx, cg, height, width = shape
+    hsp = _features(batch, cx, height, width, 0, offset=3.0)
+    h = _features(batch, cg, height, width, 1)
+    rows = [0.7, 0.0, 0.35, 1.0][:batch]
+    out, alpha = interpreted.fused_skip_gate(h, hsp, torch.tensor(rows), sharpness=1.5, eps=1e-5, want_alpha=True)
+    want, want_alpha = _reference(h, hsp, rows, 1.5)
+    assert out.dtype == hsp.dtype and out.shape == hsp.shape
+    torch.testing.assert_close(alpha.double(), want_alpha, rtol=0, atol=2e-6)
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+    for b, k in enumerate(rows):
+        if k == 0.0:
+            assert torch.equal(out[b], hsp[b])  # rows of an unselected pass: exactly the input
+    assert torch.equal(hsp, _features(batch, cx, height, width, 0, offset=3.0))  # input untouched
+
+
+def test_fused_gate_fp16(interpreted):
+    hsp = _features(2, 24, 9, 12, 2).to(torch.float16)
+    h = _features(2, 48, 9, 12, 3).to(torch.float16)
+    rows = [0.5, 0.9]
+    out, alpha = interpreted.fused_skip_gate(h, hsp, torch.tensor(rows), sharpness=1.0, eps=1e-5, want_alpha=False)
+    assert alpha is None and out.dtype == torch.float16
+    want, _ = _reference(h.float(), hsp.float(), rows, 1.0)
+    torch.testing.assert_close(out.double(), want, rtol=2e-3, atol=2e-3)  # one fp16 rounding
+
+
+def test_tile_statistics_do_not_cancel(interpreted):
+    """Energies on a large offset with a small spread: E[e^2]-E[e]^2 in fp32 would lose the variance."""
+    hsp = _features(1, 16, 64, 64, 4, offset=0.0) * 0.01 + 100.0
+    h = _features(1, 16, 64, 64, 5)
+    out, alpha = interpreted.fused_skip_gate(h, hsp, torch.tensor([1.0]), sharpness=1.0, eps=1e-12, want_alpha=True)
+    _, want_alpha = _reference(h, hsp, [1.0], 1.0)
+    # eps tiny: the standardised map depends on the variance alone
+    want = reference_energy_alpha(h, hsp, 1.0, eps=1e-12)
+    torch.testing.assert_close(alpha.double(), want, rtol=0, atol=5e-3)
+    assert want_alpha.std() > 0.1  # the map is not flat: the check above means something
+
+
+def test_patch_uses_fused_path_and_matches_eager(interpreted, monkeypatch):
+    """The output_block_patch through the fused kernels gives the eager path's UNet output."""
+    from unet_lab.unet_core.gates import skip_gate
+    from unet_lab.unet_core.gates.apply import apply_skip_gate
+
+    model = tiny_patcher("sd1")
+    inputs = unet_inputs(model, batch=4)
+    kwargs = dict(strength=0.8, floor=0.2, sharpness=1.3, apply_to="cond", record_maps=True)
+    eager, eager_rec, _ = apply_skip_gate(model, tiny_config("sd1"), "sd1", **kwargs)
+    want = run(eager, inputs, [1, 0])
+    calls = []
+    real = skip_gate.fused_skip_gate
+
+    def counting(*args, **kw):
+        calls.append(args[1].shape)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(skip_gate, "fused_usable", lambda h, hsp: True)
+    monkeypatch.setattr(skip_gate, "fused_skip_gate", counting)
+    fused, fused_rec, _ = apply_skip_gate(model, tiny_config("sd1"), "sd1", **kwargs)
+    got = run(fused, inputs, [1, 0])
+    assert len(calls) == len(tiny_config("sd1").block_out_channels) * 2  # every output block, once
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(want, run(model, inputs, [1, 0]))  # the gate acted
+    for block_id in eager_rec.blocks:
+        torch.testing.assert_close(fused_rec.gate_map(block_id, 0), eager_rec.gate_map(block_id, 0),
+                                   rtol=0, atol=1e-5)
