@@ -19,7 +19,8 @@ from ..unet_core.errors import HostError, InputError
 from ..unet_core.segmentation.augment import AugmentConfig
 from ..unet_core.segmentation.checkpoint import SegmentationMeta, load_segmentation, save_segmentation
 from ..unet_core.segmentation.data import dataset_from_batches, load_pair_folder
-from ..unet_core.segmentation.inference import SEGMENT_SPEEDS, SegUNet, compare_masks, overlay, segment
+from ..unet_core.segmentation.device_io import SEGMENT_SPEEDS
+from ..unet_core.segmentation.inference import SegUNet, compare_masks, overlay, segment
 from ..unet_core.segmentation.losses import LOSSES
 from ..unet_core.segmentation.registry import ARCHITECTURES, build_model
 from ..unet_core.segmentation.synthetic import make_synthetic

@@ -16,7 +16,8 @@ import torch
 from fixtures_segpipe import PointwiseNet, plain_meta
 from torch.overrides import TorchFunctionMode
 from unet_lab.unet_core.errors import InputError
-from unet_lab.unet_core.segmentation.inference import RowWriter, inspect_images, segment
+from unet_lab.unet_core.segmentation.device_io import RowWriter
+from unet_lab.unet_core.segmentation.inference import inspect_images, segment
 from unet_lab.unet_core.segmentation.tiling import choose_tile_batch, plan_tiles, run_tiled
 
 
