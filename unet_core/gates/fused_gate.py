@@ -15,8 +15,9 @@ adds 10 launches per gated block. Fused, a block costs two launches:
 The math is that of ``skip_gate`` (its docstring), computed in fp32 and rounded once to the
 features' dtype, where the eager path rounds the maps to the features' dtype between steps; the
 two agree to within a few units in the last place of fp16 (tested in Triton's interpreter on
-CPU and on CUDA). The fused path is used only where it applies: CUDA tensors, Triton importable,
-the gate and skip at the same resolution, a float dtype, contiguous NCHW tensors (what ComfyUI's
+CPU and on CUDA). The fused path is used only where it applies: CUDA tensors on the current
+device, no gradient wanted (the kernels have no backward), Triton importable, the gate and skip
+at the same resolution, a float dtype, contiguous NCHW tensors (what ComfyUI's
 UNet passes), not under ``torch.compile``, and not disabled with ``UNET_LAB_FUSED_GATE=0``. A
 launch that fails is logged once and the eager path takes over for the rest of the process.
 
@@ -85,8 +86,16 @@ def fused_usable(h: torch.Tensor, hsp: torch.Tensor) -> bool:
     """Whether the fused gate may run on these tensors here: the per-call part of the conditions
     in the module docstring (shapes, dtypes and the switch are checked once per case by
     :func:`fused_skip_gate`, which returns None when they do not hold)."""
-    return (not _state["failed"] and hsp.is_cuda and h.device == hsp.device and hsp.is_contiguous()
-            and h.is_contiguous() and not _compiling())
+    return (not _state["failed"] and hsp.is_cuda and h.device == hsp.device
+            and hsp.device.index == torch.cuda.current_device()  # Triton launches on the current device
+            and tensors_allow_fusion(h, hsp))
+
+
+def tensors_allow_fusion(h: torch.Tensor, hsp: torch.Tensor) -> bool:
+    """Contiguous NCHW, no gradient wanted (the kernels have no backward: autograd would silently
+    stop at the gate), and not being traced by ``torch.compile``."""
+    wants_grad = torch.is_grad_enabled() and (h.requires_grad or hsp.requires_grad)
+    return hsp.is_contiguous() and h.is_contiguous() and not wants_grad and not _compiling()
 
 
 def _case_ok(h: torch.Tensor, hsp: torch.Tensor) -> bool:
