@@ -261,7 +261,7 @@ PREPARED: dict[str, tuple[str, bool]] = {"fast": ("fast", True), "fast_unfused":
 def measure_prepared(build: Callable[[], nn.Module], args: argparse.Namespace, device: torch.device,
                      label: str) -> dict[str, Any]:
     """images/s of our prepared inference forward (``fast.prepare_inference``) on the benchmark batch."""
-    from unet_lab.unet_core.segmentation import fast
+    from unet_lab.unet_core.segmentation import conv_relu, fast
 
     torch.manual_seed(0)
     model = build().eval()
@@ -278,7 +278,7 @@ def measure_prepared(build: Callable[[], nn.Module], args: argparse.Namespace, d
               "autocast": str(forward.autocast).replace("torch.", "") if forward.autocast else None,
               "channels_last": forward.channels_last, "conv_relu_fused": forward.fused_layers,
               "conv_relu_fused_kernel_chosen": sum(sum(m.choice.values()) for m in forward.module.modules()
-                                                   if isinstance(m, fast.ConvReLU)),
+                                                   if isinstance(m, conv_relu.ConvReLU)),
               "compile_mode": args.compile_mode if speed == "compiled" else None}
     del forward, model
     fast.clear_inference_cache()

@@ -17,7 +17,7 @@ from fixtures_segmodels import make_state_dict, randomize_batchnorm_stats, smp_u
 from safetensors.torch import save_file
 from torch import nn
 from unet_lab.unet_core.errors import InputError, SegmentationError
-from unet_lab.unet_core.segmentation import fast
+from unet_lab.unet_core.segmentation import bn_folding, conv_relu, fast
 from unet_lab.unet_core.segmentation.checkpoint import load_segmentation
 from unet_lab.unet_core.segmentation.inference import make_predictor
 from unet_lab.unet_core.segmentation.registry import ALL_ARCHITECTURES, build_model
@@ -84,7 +84,7 @@ def test_fold_matches_unfolded_in_float64_and_leaves_the_source_alone(case):
     after_conv, called = _bn_after_conv(model)
     assert after_conv == called > 0  # in these architectures every BatchNorm that runs follows a conv
 
-    folded = fast.fold_batch_norms(model)
+    folded = bn_folding.fold_batch_norms(model)
 
     # no BatchNorm left where a conv feeds it (smp encoders with depth < 5 keep unused layers: folded too)
     assert _bn_after_conv(folded) == (0, 0)
@@ -105,7 +105,7 @@ def test_fold_matches_unfolded_in_float64_and_leaves_the_source_alone(case):
 
 def test_fold_keeps_a_training_model_training():
     model = build_model("residual_unet", base_channels=4, depth=2).train()
-    folded = fast.fold_batch_norms(model)
+    folded = bn_folding.fold_batch_norms(model)
     assert model.training and all(m.training for m in model.modules())
     assert not folded.training and _count(folded, nn.BatchNorm2d) == 0
 
@@ -138,7 +138,7 @@ def test_fold_formula_for_each_conv_kind(conv, affine):
             bn.bias.copy_(torch.randn(c.out_channels))
     seq = nn.Sequential(c, bn).eval()
     x = torch.randn(2, c.in_channels, 9, 7, dtype=torch.float64)
-    folded = fast.fold_batch_norms(seq)
+    folded = bn_folding.fold_batch_norms(seq)
     assert isinstance(folded[1], nn.Identity) and folded[0].bias is not None
     with torch.no_grad():
         expected = _bn_reference(c(x), bn)
@@ -165,7 +165,7 @@ def test_pairs_that_are_not_structural_or_are_hooked_stay():
     randomize_batchnorm_stats(model, 3)
     model.eval()
     model[4].register_forward_hook(lambda m, i, o: None)
-    folded = fast.fold_batch_norms(model)
+    folded = bn_folding.fold_batch_norms(model)
     assert isinstance(folded[0].bn1, nn.BatchNorm2d)  # unknown class: left alone
     assert isinstance(folded[2], nn.Identity)  # plain Sequential pair: folded
     assert isinstance(folded[4], nn.BatchNorm2d)  # a hook on it: left alone
@@ -182,7 +182,7 @@ def test_smp_resnet34_checkpoint_with_real_key_layout_folds(tmp_path):
     model = model.double().eval()
     norms = sum(1 for k in shapes if k.endswith("running_var"))  # every BN of the real layout
     assert _count(model, nn.BatchNorm2d) == norms == 36 + 10
-    folded = fast.fold_batch_norms(model)
+    folded = bn_folding.fold_batch_norms(model)
     assert _count(folded, nn.BatchNorm2d) == 0 and _count(model, nn.BatchNorm2d) == norms
     x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
     with torch.no_grad():
@@ -408,10 +408,10 @@ def _expected_fusions(model: nn.Module) -> int:
 def test_conv_relu_fusion_rewrites_conv_relu_sites_and_keeps_the_output(case, monkeypatch):
     arch, hp = CASES[case]
     model = _bn_model(arch, hp)
-    folded = fast.fold_batch_norms(model)
+    folded = bn_folding.fold_batch_norms(model)
     expected = _expected_fusions(model)
-    assert fast.fuse_conv_relu(folded) == expected > 0
-    assert _count(folded, fast.ConvReLU) == expected
+    assert conv_relu.fuse_conv_relu(folded) == expected > 0
+    assert _count(folded, conv_relu.ConvReLU) == expected
     assert _count(folded, nn.ReLU) == 0  # in these architectures every ReLU follows a conv (+ BN [+ residual])
     x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
     with torch.no_grad():
@@ -420,26 +420,26 @@ def test_conv_relu_fusion_rewrites_conv_relu_sites_and_keeps_the_output(case, mo
         # the fused branch, with the cuDNN ops replaced by their definitions: the arguments are passed right
         monkeypatch.setattr(torch, "cudnn_convolution_relu", _cudnn_conv_relu_reference, raising=False)
         monkeypatch.setattr(torch, "cudnn_convolution_add_relu", _cudnn_conv_add_relu_reference, raising=False)
-        monkeypatch.setattr(fast.ConvReLU, "fusable", lambda self, x: True)
-        monkeypatch.setattr(fast.ConvReLU, "_pick", lambda self, x, z: True)
+        monkeypatch.setattr(conv_relu.ConvReLU, "fusable", lambda self, x: True)
+        monkeypatch.setattr(conv_relu.ConvReLU, "_pick", lambda self, x, z: True)
         assert torch.allclose(folded(x), reference, rtol=1e-9, atol=1e-12)
-    layers = [m for m in folded.modules() if isinstance(m, fast.ConvReLU)]
+    layers = [m for m in folded.modules() if isinstance(m, conv_relu.ConvReLU)]
     ran = [m for m in layers if m.choice]  # smp encoders with depth < 5 keep layers that never run
     assert ran and all(list(m.choice.values()) == [True] for m in ran)
     residual_adds = sum(any(k[-1] is not None for k in m.choice) for m in ran)
-    assert residual_adds == sum(1 for m in folded.modules() if isinstance(m, fast.FusedResidual) and m.last.choice)
+    assert residual_adds == sum(1 for m in folded.modules() if isinstance(m, conv_relu.FusedResidual) and m.last.choice)
     assert (residual_adds > 0) == (case in ("residual_unet", "smp_unet", "smp_unet_r50"))
 
 
 def test_conv_relu_falls_back_when_the_fused_kernel_fails_or_disagrees(monkeypatch, caplog):
     torch.manual_seed(3)
-    block = fast.ConvReLU(nn.Conv2d(4, 6, 3, stride=2, padding=1, dilation=1).double())
+    block = conv_relu.ConvReLU(nn.Conv2d(4, 6, 3, stride=2, padding=1, dilation=1).double())
     x = torch.randn(2, 4, 9, 9, dtype=torch.float64)
     expected = torch.relu(block.conv(x))
     with torch.no_grad():
         z = torch.randn_like(expected)
         expected_add = torch.relu(block.conv(x) + z)
-    monkeypatch.setattr(fast.ConvReLU, "fusable", lambda self, x: True)
+    monkeypatch.setattr(conv_relu.ConvReLU, "fusable", lambda self, x: True)
 
     def no_engine(*args):
         raise RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED")

@@ -147,7 +147,8 @@ def _plan(h: torch.Tensor, hsp: torch.Tensor, row_coefficients: torch.Tensor, wa
         # come from the caching allocator, 512-byte aligned), and through the shapes every integer.
         plan = plans[key] = SimpleNamespace(
             ok=n_tiles <= _MAX_TILES, hw=hw, n_tiles=n_tiles, partial_offset=partial_offset,
-            scratch=partial_offset + batch * n_tiles * 4, energy_grid=(batch, n_tiles, 1), apply_grid=(batch, n_tiles, -(-cx // block_c)),
+            scratch=partial_offset + batch * n_tiles * 4,
+            energy_grid=(batch, n_tiles, 1), apply_grid=(batch, n_tiles, -(-cx // block_c)),
             energy_constexprs={"BLOCK_P": bp, "BLOCK_C": block_c},
             apply_constexprs={"BLOCK_P": bp, "BLOCK_C": block_c, "BLOCK_T": _next_pow2(n_tiles),
                               "WRITE_ALPHA": bool(want_alpha)})
@@ -160,10 +161,10 @@ def fused_skip_gate(h: torch.Tensor, hsp: torch.Tensor, row_coefficients: torch.
     failed (then the caller runs the eager path). ``row_coefficients``: fp32 [B] on hsp's device,
     ``k_b = c (1 - floor)`` or 0 per row. ``hsp`` is not modified."""
     try:
+        kernels = load_kernels()  # first: building them starts a fresh table of plans
         plan = _plan(h, hsp, row_coefficients, want_alpha)
         if not plan.ok:
             return None
-        kernels = load_kernels()
         scratch = _scratch(plan.scratch, hsp.device)
         out = torch.empty_like(hsp)
         alpha = (torch.empty(hsp.shape[0], 1, *hsp.shape[2:], dtype=hsp.dtype, device=hsp.device)
