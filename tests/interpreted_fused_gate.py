@@ -4,7 +4,7 @@ The kernels are the same source that runs on CUDA; ``TRITON_INTERPRET=1`` execut
 numpy on CPU tensors, so their indexing, masking, tiling and the combination of tile
 statistics are checked here. Triton reads that variable when it is first imported, so this
 file runs in its own pytest process, started by ``test_gates_fused.py`` (its name keeps the
-main run from collecting it). On the GPU machine, ``benchmarks/bench_skip_gate.py --agree``
+main run from collecting it). On the GPU machine, ``benchmarks/bench_skip_gate.py``
 compares the fused and eager paths on full-size SD1/SDXL UNets.
 """
 

@@ -1,0 +1,57 @@
+"""``benchmarks/run_all.py`` turns the scripts' JSON into one row per figure with its target.
+
+Checked on the H100 outputs kept in ``benchmarks/results/`` (the very files the scripts wrote)
+and on a hand-made case at the targets' edges."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from pack_support import REPO_ROOT
+
+RESULTS = REPO_ROOT / "benchmarks" / "results" / "h100_2026-11-22"
+
+
+@pytest.fixture(scope="module")
+def run_all():
+    spec = importlib.util.spec_from_file_location("run_all", REPO_ROOT / "benchmarks" / "run_all.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _by_figure(rows):
+    return {r["figure"]: r for r in rows}
+
+
+def test_h100_outputs_give_every_target_row(run_all):
+    rows = _by_figure(run_all.table(run_all._load([RESULTS])))
+    gate_sd1 = rows["skip gate sd1 all levels: step overhead (paired median)"]
+    assert gate_sd1["value"] == pytest.approx(6.07) and gate_sd1["pass"] is False
+    assert rows["skip gate sdxl all levels: step overhead (paired median)"]["pass"] is True
+    assert rows["diffusion UNet sdxl compiled (blocks): ours / diffusers"]["value"] == pytest.approx(0.989)
+    unet = rows["unet fast / plain eager U-Net (fwd img/s)"]
+    assert unet["pass"] is False and 1.4 < unet["value"] < 1.5
+    assert rows["attention_unet compiled / MONAI AttentionUnet eager (fwd img/s)"]["pass"] is True
+    assert rows["8192x8192 tiled segmentation (fast): time"]["pass"] is True
+    assert rows["block-weighted LoRA: patched step / unpatched step (SDXL)"]["pass"] is True
+    table = run_all.render(list(rows.values()))
+    assert table.count("\n") == len(rows) + 1 and "| no |" in table and "| yes |" in table
+
+
+def test_targets_at_their_edges(run_all):
+    results = {
+        "unet": {"results": [{"case": "sd15", "ratio_ours_over_diffusers": 1.0,
+                              "ratio_compiled_ours_over_diffusers": 1.051, "compile": {"scope": "full"}}]},
+        "load": {"families": {"sd1": {"time_ratio": 1.1, "our_rss_growth_over_file": 1.16,
+                                      "our_peak_rss_over_file": 1.3, "reference": {"peak_rss_over_file": 1.3}}}},
+        "tiled": {"image": [1, 8192, 8192, 3], "runs": {"fast": {"time_s": 2.01, "peak_gpu_gb": 8.0}}},
+    }
+    rows = _by_figure(run_all.table(results))
+    assert rows["diffusion UNet sd15 eager: ours / diffusers"]["pass"] is True  # at most 1.0
+    assert rows["diffusion UNet sd15 compiled (full): ours / diffusers"]["pass"] is False
+    assert rows["load sd1 fp16: time ours / safetensors.load_file"]["pass"] is True
+    assert rows["load sd1 fp16: peak RSS growth while loading / file size"]["pass"] is False
+    assert rows["8192x8192 tiled segmentation (fast): time"]["pass"] is False
+    assert rows["8192x8192 tiled segmentation (fast): peak GPU memory"]["pass"] is True
