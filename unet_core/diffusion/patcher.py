@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoints.fit import fit_problems
 from ..errors import CheckpointError, InputError
 from .config import UNetConfig
 from .unet import UNetModel
@@ -327,19 +328,7 @@ def _swapped_tensors(slots: list[tuple[dict, str]], tensors: list[torch.Tensor])
 
 
 def _check_keys(unet: nn.Module, state_dict: dict[str, torch.Tensor], where: Any) -> None:
-    expected = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    wrong = [k for k in expected if k in state_dict and tuple(state_dict[k].shape) != expected[k]]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-    if wrong:
-        k = wrong[0]
-        problems.append(f"{len(wrong)} keys with wrong shapes (e.g. {k}: file {tuple(state_dict[k].shape)}, "
-                        f"config {expected[k]})")
+    problems = fit_problems(unet, state_dict)
     if problems:
         raise CheckpointError(where, "the UNet weights do not fit the detected config: " + "; ".join(problems))
 

@@ -27,6 +27,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from ..checkpoints.fit import fit_problems
 from ..errors import SegmentationError
 from .architectures.base import SegmentationUNet
 from .registry import build_model
@@ -156,21 +157,10 @@ def _describe(state: Mapping[str, Any], limit: int = 4) -> str:
 
 def load_weights_into(model: SegmentationUNet, state: Mapping[str, torch.Tensor], where: Path | str) -> None:
     """``model.load_state_dict(state, strict=True)`` with a SegmentationError naming the file."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-             for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s) (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s) (e.g. {unexpected[:3]})")
-        if wrong:
-            parts.append(f"{len(wrong)} shape mismatch(es) (e.g. {wrong[:3]})")
+    problems = fit_problems(model, state)
+    if problems:
         raise SegmentationError(f"{where}: weights do not fit the {model.config['architecture']} "
-                                f"model: " + "; ".join(parts))
+                                f"model: " + "; ".join(problems))
     model.load_state_dict(dict(state), strict=True)
 
 
