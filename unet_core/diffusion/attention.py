@@ -112,6 +112,23 @@ class BasicTransformerBlock(nn.Module):
         self.norm2 = ops.LayerNorm(dim)
         self.norm3 = ops.LayerNorm(dim)
 
+    def _patched_attention(self, name: str, n: torch.Tensor, context: torch.Tensor | None, patches: dict,
+                           replace: dict, full_key: Any, block: Any, extra: dict) -> torch.Tensor:
+        """``attn1`` (self-attention: ``context`` None) or ``attn2`` with ComfyUI's patches around it:
+        ``{name}_patch`` (sees and may change q-input, context and value; value starts as the
+        context, which for ``attn1`` is ``n``), a ``{name}`` replacement for this block, ``{name}_output_patch``."""
+        value: torch.Tensor | None = None
+        if f"{name}_patch" in patches:
+            context = n if name == "attn1" else context  # as ComfyUI: self-attention's context is its input
+            value = context
+            for p in patches[f"{name}_patch"]:
+                n, context, value = p(n, context, value, extra)
+        n = self._run_attn(getattr(self, name), n, context, value,
+                           _replace_fn(replace.get(name, {}), full_key, block), extra)
+        for p in patches.get(f"{name}_output_patch", []):
+            n = p(n, extra)
+        return n
+
     def _run_attn(self, attn: CrossAttention, n: torch.Tensor, context: torch.Tensor | None,
                   value: torch.Tensor | None, replace: Any, extra: dict) -> torch.Tensor:
         if replace is None:
@@ -141,33 +158,8 @@ class BasicTransformerBlock(nn.Module):
         block_index = options.get("block_index", 0)
         full_key = (block[0], block[1], block_index) if block is not None else None
 
-        n = self.norm1(x)
-        context1: torch.Tensor | None = None
-        value1: torch.Tensor | None = None
-        if "attn1_patch" in patches:
-            context1 = n
-            value1 = n
-            for p in patches["attn1_patch"]:
-                n, context1, value1 = p(n, context1, value1, extra)
-        n = self._run_attn(self.attn1, n, context1, value1,
-                           _replace_fn(replace.get("attn1", {}), full_key, block), extra)
-        for p in patches.get("attn1_output_patch", []):
-            n = p(n, extra)
-        x = x + n
-
-        n = self.norm2(x)
-        context2 = context
-        value2: torch.Tensor | None = None
-        if "attn2_patch" in patches:
-            value2 = context2
-            for p in patches["attn2_patch"]:
-                n, context2, value2 = p(n, context2, value2, extra)
-        n = self._run_attn(self.attn2, n, context2, value2,
-                           _replace_fn(replace.get("attn2", {}), full_key, block), extra)
-        for p in patches.get("attn2_output_patch", []):
-            n = p(n, extra)
-        x = x + n
-
+        x = x + self._patched_attention("attn1", self.norm1(x), None, patches, replace, full_key, block, extra)
+        x = x + self._patched_attention("attn2", self.norm2(x), context, patches, replace, full_key, block, extra)
         return x + self.ff(self.norm3(x))
 
 
