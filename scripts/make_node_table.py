@@ -10,7 +10,6 @@ README with what this renders, so the table cannot drift from the code.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import sys
@@ -19,20 +18,14 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "tests"))
+
+from pack_support import load_pack  # noqa: E402  (tests/ holds the one pack loader)
+
 README = REPO_ROOT / "README.md"
 HEADING = "## Nodes"
 INSERT_BEFORE = "## Layout"
 log = logging.getLogger("make_node_table")
-
-
-def _pack() -> Any:
-    if "unet_lab" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("unet_lab", REPO_ROOT / "__init__.py",
-                                                      submodule_search_locations=[str(REPO_ROOT)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["unet_lab"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["unet_lab"]
 
 
 def _cell(text: str) -> str:
@@ -96,7 +89,7 @@ def updated_readme(text: str, section: str) -> str:
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    pack = _pack()
+    pack = load_pack()
     section = render(pack.NODE_CLASS_MAPPINGS, pack.NODE_DISPLAY_NAME_MAPPINGS)
     text = README.read_text(encoding="utf-8")
     if "--check" in argv:

@@ -11,7 +11,6 @@ is not written here (the segmentation demo has its own owner).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -21,19 +20,11 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "tests"))
+
+from pack_support import load_pack  # noqa: E402  (tests/ holds the one pack loader)
+
 log = logging.getLogger("make_workflows")
-
-
-def load_pack() -> Any:
-    """Import the pack under the name ``unet_lab`` (as the tests do)."""
-    if "unet_lab" in sys.modules:
-        return sys.modules["unet_lab"]
-    spec = importlib.util.spec_from_file_location("unet_lab", REPO_ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(REPO_ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["unet_lab"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def schema_set() -> Any:
