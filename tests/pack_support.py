@@ -27,6 +27,15 @@ def load_pack(name: str = PACK_NAME, run_init: bool = True):
     return module
 
 
+def load_script(relative_path: str):
+    """A repository script (``scripts/...py``, ``benchmarks/...py``) imported as a module, named after its file."""
+    path = REPO_ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def node_result(output):
     """A node function's outputs as a tuple, whether it returned a tuple or ``{"ui": ..., "result": ...}``."""
     if isinstance(output, dict):

@@ -5,20 +5,15 @@ and on a hand-made case at the targets' edges."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
-from pack_support import REPO_ROOT
+from pack_support import REPO_ROOT, load_script
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "h100_2026-11-22"
 
 
 @pytest.fixture(scope="module")
 def run_all():
-    spec = importlib.util.spec_from_file_location("run_all", REPO_ROOT / "benchmarks" / "run_all.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/run_all.py")
 
 
 def _by_figure(rows):

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 
 import pytest
 
-from pack_support import REPO_ROOT
+from pack_support import REPO_ROOT, load_script
 from unet_lab.unet_core.graph.schemas import CORE_SCHEMAS_PATH, load_core_schemas, schema_from_class
 
 SHARED = REPO_ROOT.parent / "shared" / "comfyui" / "object_info-0.3.64.json"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("derive_core_schemas", REPO_ROOT / "scripts" / "derive_core_schemas.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/derive_core_schemas.py")
 
 
 def test_fixture_is_small_and_holds_the_recorded_nodes():

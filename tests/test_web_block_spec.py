@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ import subprocess
 
 import pytest
 
-from pack_support import REPO_ROOT
+from pack_support import REPO_ROOT, load_script
 from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SDXL_CONFIG
 from unet_lab.unet_core.errors import BlockSpecError
 from unet_lab.unet_core.lora import blocks
@@ -29,10 +28,7 @@ LAYOUTS = {"sd1": blocks.BlockLayout.from_config(SD1_CONFIG), "sdxl": blocks.Blo
 
 
 def _gen_module():
-    spec = importlib.util.spec_from_file_location("gen_web_presets", REPO_ROOT / "scripts" / "gen_web_presets.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/gen_web_presets.py")
 
 
 def test_web_presets_match_python_presets():

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 
-from pack_support import REPO_ROOT
+from pack_support import REPO_ROOT, load_script
 from unet_lab import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("make_node_table", REPO_ROOT / "scripts" / "make_node_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/make_node_table.py")
 
 
 def _section() -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pack_support import REPO_ROOT
+from pack_support import REPO_ROOT, load_script
 from PIL import Image
 from unet_lab import NODE_CLASS_MAPPINGS as PACK_NODES
 from unet_lab.nodes.host.headless import node_classes
@@ -279,10 +279,6 @@ def test_validation_here_catches_a_broken_workflow(standalone_host):
 
 def test_shipped_files_are_what_the_generator_writes():
     """scripts/make_workflows.py is the source of the workflows it names; the JSON has not drifted from it."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_workflows", REPO_ROOT / "scripts" / "make_workflows.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("scripts/make_workflows.py")
     for name, workflow in module.build_all().items():
         assert _load(WORKFLOW_DIR / f"{name}.json") == workflow, name
