@@ -39,12 +39,14 @@ SPLITS = ("train", "validation", "test")
 SEG_TYPE = "SEG_UNET"
 CATEGORY = "UNet Lab/segmentation"
 SPEED_TOOLTIP = ("How the model runs. auto: fast on a CUDA GPU, exact elsewhere. exact: the weights as stored, "
-                 "float32: the reference result. fast: BatchNorm folded into the convolutions; on a CUDA GPU also "
-                 "bfloat16 (fp16 without bf16) and channels_last (about 1.4x to 1.9x faster on an H100), "
+                 "float32: the reference result. fast: BatchNorm folded into the convolutions and U-Net "
+                 "decoder steps without their concatenation (the same math); on a CUDA GPU also bfloat16 (fp16 "
+                 "without bf16), channels_last and fused cuDNN kernels (about 1.5x to 2x faster on an H100), "
                  "probabilities typically within 0.003 of exact and at worst a few hundredths, so masks can "
-                 "differ only where the probability is that close to the threshold; on the CPU only the folding (float32, same result to ~1e-5). compiled: fast plus "
-                 "torch.compile: the first run compiles (up to minutes), later runs reuse it; falls back to "
-                 "fast when compiling fails.")
+                 "differ only where the probability is that close to the threshold; on the CPU only the "
+                 "rewrites (float32, same result to ~1e-5). compiled: the folded model under torch.compile: "
+                 "the first run compiles (up to minutes), later runs reuse it; falls back to fast when "
+                 "compiling fails.")
 
 
 def _model_choices() -> list[str]:

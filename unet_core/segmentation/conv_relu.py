@@ -37,9 +37,10 @@ class ConvReLU(nn.Module):
 
     TRIALS = 3
 
-    def __init__(self, conv: nn.Conv2d) -> None:
+    def __init__(self, conv: nn.Conv2d, fused: bool = True) -> None:
         super().__init__()
         self.conv = conv
+        self.fused = fused  # False: always conv then ReLU (the fused kernel is never tried)
         self.choice: dict[tuple, bool] = {}
 
     def _fused(self, x: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
@@ -84,7 +85,7 @@ class ConvReLU(nn.Module):
     def fusable(self, x: torch.Tensor) -> bool:
         """Whether the fused kernel may be tried for ``x`` (CUDA, zero padding, eager)."""
         c = self.conv
-        return (x.is_cuda and c.padding_mode == "zeros" and not isinstance(c.padding, str)
+        return (self.fused and x.is_cuda and c.padding_mode == "zeros" and not isinstance(c.padding, str)
                 and not _compiling())
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:

@@ -10,8 +10,10 @@ Speeds (``SPEEDS``):
   in fp32, e.g. GroupNorm and softmax, still run in fp32), and each conv + ReLU site (a
   ``conv, [folded norm], ReLU`` Sequential, the residual blocks' ``relu(conv(h) + shortcut)``,
   the ResNet stem) runs as one cuDNN conv + bias (+ add) + ReLU kernel where that agrees and is
-  measured faster at the first call per shape (:mod:`.conv_relu`). On CPU and other devices:
-  the folded fp32 copy only (CPU bf16 convolutions are slower, and channels_last does not pay
+  measured faster at the first call per shape (:mod:`.conv_relu`). The U-Net and Attention
+  U-Net decoder steps skip their concatenation and their transposed convolution's bias pass
+  (:mod:`.split_concat`; on every device, the same math). On CPU and other devices: the folded
+  fp32 copy only otherwise (CPU bf16 convolutions are slower, and channels_last does not pay
   there).
 - ``"compiled"``: the ``"fast"`` copy (without the cuDNN conv + ReLU kernels: inductor fuses by
   itself) wrapped in ``torch.compile(mode=compile_mode)``. When compiling raises (no triton, no
@@ -31,7 +33,7 @@ Tolerances (what the tests and ``benchmarks/bench_segmentation.py --agree`` chec
   (the folded weights are rounded once to fp32 instead of BN being applied in fp32).
 - ``"fast"`` bf16 vs ``"exact"`` fp32: probabilities (sigmoid/softmax of the logits) within about
   2e-2 absolute (:data:`BF16_PROB_TOLERANCE`, what the tests and ``--agree`` check on 512 px
-  batches: measured max 3.1e-4 on an H100); masks at 0.5 agree except for pixels whose exact
+  batches: measured max 3.3e-4 on an H100); masks at 0.5 agree except for pixels whose exact
   probability lies within that distance of the threshold. Over the 67 M pixels of the 8192 px
   tiled benchmark (random weights) the mean difference was 2.3e-3 and single pixels reached
   3.3e-2 (``"compiled"``: 4.7e-2); 0.5 % of mask pixels flipped.
@@ -70,6 +72,7 @@ from ..compiling import CompiledCall, is_out_of_memory
 from ..errors import SegmentationError
 from .bn_folding import fold_batch_norms
 from .conv_relu import fuse_conv_relu
+from .split_concat import split_decoder_concats
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +99,8 @@ class InferenceForward:
     ``requested`` (the speed asked for), ``module`` (the module called: the model itself for
     ``"exact"``, the folded copy otherwise), ``device``, ``dtype`` (weights), ``autocast``
     (the autocast dtype or None), ``channels_last``, ``fused_layers`` (conv + ReLU pairs given
-    to :class:`ConvReLU`).
+    to :class:`ConvReLU`), ``split_steps`` (decoder steps run without their concatenation,
+    :mod:`.split_concat`).
     """
 
     def __init__(self, module: nn.Module, device: torch.device, speed: str, input_dtype: torch.dtype,
@@ -110,6 +114,7 @@ class InferenceForward:
         self.channels_last = channels_last
         self.compile_mode = compile_mode
         self.fused_layers = 0
+        self.split_steps = 0
         self._compiled: CompiledCall | None = None
         if speed == "compiled":
             self._compiled = CompiledCall(module, "the segmentation U-Net ('fast' eager path instead)",
@@ -143,8 +148,12 @@ def _exact(model: nn.Module, device: torch.device) -> InferenceForward:
 def _build(model: nn.Module, device: torch.device, speed: str, compile_mode: str,
            fuse_relu: bool) -> InferenceForward:
     low = low_precision_dtype(device)
-    folded = fold_batch_norms(model).to(device)
-    fused = fuse_conv_relu(folded) if (fuse_relu and speed == "fast" and device.type == "cuda") else 0
+    folded = fold_batch_norms(model)
+    cudnn_fusion = fuse_relu and speed == "fast" and device.type == "cuda"
+    # not for "compiled": measured slower there (inductor plans the concatenation itself)
+    splits = split_decoder_concats(folded, fused_kernels=cudnn_fusion) if speed == "fast" else 0
+    folded = folded.to(device)
+    fused = (fuse_conv_relu(folded) + splits) if cudnn_fusion else 0  # each split step merges in a ConvReLU
     if low is not None:
         folded = folded.to(dtype=low, memory_format=torch.channels_last)
         prepared = InferenceForward(folded, device, speed, low, low, True, compile_mode)
@@ -152,6 +161,7 @@ def _build(model: nn.Module, device: torch.device, speed: str, compile_mode: str
         dtype = next((p.dtype for p in folded.parameters() if p.is_floating_point()), torch.float32)
         prepared = InferenceForward(folded, device, speed, dtype, None, False, compile_mode)
     prepared.fused_layers = fused
+    prepared.split_steps = splits
     return prepared
 
 
