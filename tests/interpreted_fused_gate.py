@@ -25,9 +25,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture
 def interpreted(monkeypatch):
     """The fused module with its kernels built for Triton's interpreter (and rebuilt after)."""
-    from unet_lab.unet_core.gates import fused_gate
-
     import triton.language as tl
+    from unet_lab.unet_core.gates import fused_gate
 
     assert os.environ.get("TRITON_INTERPRET") == "1"
     assert tl is not None
@@ -68,6 +67,48 @@ def test_fused_gate_matches_the_math_fp32(interpreted, shape):
         if k == 0.0:
             assert torch.equal(out[b], hsp[b])  # rows of an unselected pass: exactly the input
     assert torch.equal(hsp, _features(batch, cx, height, width, 0, offset=3.0))  # input untouched
+
+
+def _channels_last_view(t):
+    """The layout SD's transformer blocks hand on: a [B, HW, C] buffer seen as [B, C, H, W]."""
+    batch, channels, height, width = t.shape
+    return t.permute(0, 2, 3, 1).reshape(batch, height * width, channels).contiguous() \
+        .reshape(batch, height, width, channels).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "hsp_channels_last_h_nchw", "pixel_stride_2"])
+def test_fused_gate_on_strided_layouts(interpreted, layout):
+    hsp = _features(2, 24, 9, 7, 6, offset=1.0)
+    h = _features(2, 40, 9, 7, 7)
+    want, want_alpha = _reference(h, hsp, [0.6, 0.25], 1.2)
+    if layout == "channels_last":
+        hsp_in, h_in = _channels_last_view(hsp), _channels_last_view(h)
+    elif layout == "hsp_channels_last_h_nchw":
+        hsp_in, h_in = hsp.contiguous(memory_format=torch.channels_last), h
+    else:  # h as every other column of a twice-as-wide map (read only: any pixel-flat strides do)
+        wide = torch.zeros(2, 40, 9, 14)
+        wide[..., ::2] = h
+        hsp_in, h_in = hsp, wide[..., ::2]
+        refused = torch.zeros(2, 24, 9, 14)[..., ::2]  # the output could not keep these strides
+        assert interpreted.fused_skip_gate(h, refused, torch.tensor([0.6, 0.25]), 1.2, 1e-5) is None
+    assert not (hsp_in.is_contiguous() and h_in.is_contiguous())
+    assert interpreted.pixel_flat(hsp_in) and interpreted.pixel_flat(h_in)
+    out, alpha = interpreted.fused_skip_gate(h_in, hsp_in, torch.tensor([0.6, 0.25]), sharpness=1.2, eps=1e-5,
+                                             want_alpha=True)
+    assert out.stride() == hsp_in.stride()
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(alpha.double(), want_alpha, rtol=0, atol=2e-6)
+
+
+def test_unaligned_or_unaddressable_data_is_left_to_the_eager_path(interpreted):
+    hsp = _features(1, 8, 6, 6, 8)
+    transposed = _features(1, 8, 6, 6, 10).transpose(2, 3)  # pixels not in row-major order
+    assert interpreted.fused_skip_gate(transposed, hsp, torch.tensor([1.0]), 1.0, 1e-5) is None
+    shifted = torch.empty(hsp.numel() + 1)[1:].view_as(hsp)  # 4 bytes past a 16-byte boundary
+    shifted.copy_(hsp)
+    h = _features(1, 8, 6, 6, 9)
+    assert interpreted.fused_skip_gate(h, shifted, torch.tensor([1.0]), 1.0, 1e-5) is None
+    assert interpreted.fused_skip_gate(h, hsp, torch.tensor([1.0]), 1.0, 1e-5) is not None
 
 
 def test_fused_gate_fp16(interpreted):

@@ -25,13 +25,17 @@ def test_fused_gate_kernels_in_the_triton_interpreter():
 
 def test_fused_path_is_refused_where_it_would_be_wrong():
     """No fused kernel where autograd needs a graph, under tracing, or on other layouts/devices."""
-    from unet_lab.unet_core.gates.fused_gate import fused_usable, tensors_allow_fusion
+    from unet_lab.unet_core.gates.fused_gate import fused_usable, pixel_flat, tensors_allow_fusion
 
     h, hsp = torch.randn(2, 8, 4, 4), torch.randn(2, 4, 4, 4)
-    assert tensors_allow_fusion(h, hsp)
+    assert tensors_allow_fusion(h, hsp) and pixel_flat(hsp)
     assert not fused_usable(h, hsp)  # CPU tensors: the eager path
-    assert not tensors_allow_fusion(h, hsp.contiguous(memory_format=torch.channels_last))
-    assert not tensors_allow_fusion(h, hsp.transpose(2, 3))
+    # channels-last (what SD's transformer blocks return): the flat pixel index still addresses it
+    assert pixel_flat(hsp.contiguous(memory_format=torch.channels_last))
+    assert pixel_flat(torch.randn(2, 16, 4).transpose(1, 2).reshape(2, 4, 4, 4))
+    assert pixel_flat(torch.randn(2, 4, 4, 8)[..., ::2])  # every other column: pixel stride 2
+    assert not pixel_flat(hsp.transpose(2, 3))  # pixels no longer in row-major order
+    assert not pixel_flat(torch.randn(2, 4, 4, 8)[..., :4])  # gaps between rows
     trainable = hsp.clone().requires_grad_(True)
     assert not tensors_allow_fusion(h, trainable)
     with torch.no_grad():

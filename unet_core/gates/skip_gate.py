@@ -31,7 +31,7 @@ per entry of ``transformer_options["cond_or_uncond"]`` (0 = cond, 1 = uncond); w
 such entry the whole batch counts as one cond chunk.
 
 Cost per gated block: on CUDA with Triton, two fused kernels (``fused_gate.py``); elsewhere
-(and as the reference) 10 eager kernels: two channel reductions written into one [B, 2, H, W]
+(and as the reference, and for trained gates) 10 eager kernels: two channel reductions written into one [B, 2, H, W]
 buffer, one instance norm (3 kernels), add, sigmoid, one lerp for the applied map and one
 multiply of ``hsp``. No host sync, no copy of the features.
 ``hsp`` is not modified in place (the tensor may be shared with the caller).
@@ -193,7 +193,7 @@ class SkipGatePatch:
     def _row_coefficients(self, like: torch.Tensor, coefficient: float,
                           skipped: list[tuple[int, int]]) -> torch.Tensor:
         """fp32 [B] on ``like``'s device: ``c (1 - floor)``, 0 on skipped rows (made once per case)."""
-        key = (like.device, like.shape[0], coefficient, tuple(skipped))
+        key = (like.get_device(), like.shape[0], coefficient, tuple(skipped))
         rows = self._rows.get(key)
         if rows is None:
             values = [coefficient * (1.0 - self.settings.floor)] * like.shape[0]
@@ -217,10 +217,10 @@ class SkipGatePatch:
             return h, hsp
         s = self.settings
         block_id = int(block_ref[1])
-        if block_id not in s.coefficients:
+        coefficient = s.coefficients.get(block_id)
+        if coefficient is None:
             return h, hsp
-        coefficient = s.coefficients[block_id]
-        acts, skipped = chunk_rows(hsp.shape[0], transformer_options, s.apply_to)
+        acts, skipped = (True, []) if s.apply_to == "both" else chunk_rows(hsp.shape[0], transformer_options, s.apply_to)
         acts = acts and coefficient != 0.0
         if not acts and self.recorder is None:
             return h, hsp
