@@ -30,10 +30,11 @@ from the unpatched one as the strength rises. The batch is split into equal chun
 per entry of ``transformer_options["cond_or_uncond"]`` (0 = cond, 1 = uncond); with no
 such entry the whole batch counts as one cond chunk.
 
-Cost per gated block: on CUDA with Triton, two fused kernels (``fused_gate.py``); elsewhere
-(and as the reference, and for trained gates) 10 eager kernels: two channel reductions written into one [B, 2, H, W]
-buffer, one instance norm (3 kernels), add, sigmoid, one lerp for the applied map and one
-multiply of ``hsp``. No host sync, no copy of the features.
+Cost per gated block: on CUDA with Triton, one fused kernel in one launch (two for large maps;
+``fused_gate.py``); elsewhere, for trained gates, and as the reference, 10 eager kernels: two
+channel reductions written into one [B, 2, H, W] buffer, one instance norm (3 kernels), add,
+sigmoid, one lerp for the applied map and one multiply of ``hsp``. No host sync after a case's
+first call, no copy of the features.
 ``hsp`` is not modified in place (the tensor may be shared with the caller).
 """
 

@@ -13,12 +13,13 @@ Speeds (``SPEEDS``):
   measured faster at the first call per shape (:mod:`.conv_relu`). The U-Net and Attention
   U-Net decoder steps skip their concatenation and their transposed convolution's bias pass
   (:mod:`.split_concat`; on every device, the same math). On CPU and other devices: the folded
-  fp32 copy only otherwise (CPU bf16 convolutions are slower, and channels_last does not pay
-  there).
-- ``"compiled"``: the ``"fast"`` copy (without the cuDNN conv + ReLU kernels: inductor fuses by
-  itself) wrapped in ``torch.compile(mode=compile_mode)``. When compiling raises (no triton, no
+  fp32 copy with those decoder steps only (CPU bf16 convolutions are slower, and channels_last
+  does not pay there).
+- ``"compiled"``: the folded copy in bf16 channels_last (without the cuDNN conv + ReLU kernels
+  and the split decoder steps: inductor fuses by itself, and the split measured slower under it)
+  wrapped in ``torch.compile(mode=compile_mode)``. When compiling raises (no triton, no
   C++ compiler, an unsupported Python, a graph break that fails), at construction or at any
-  call, a warning is logged and that copy runs eagerly (as ``"fast"``) from then on.
+  call, a warning is logged and that copy runs eagerly from then on (reported as ``"fast"``).
   Out-of-memory errors and the pack's own errors (a refused input) are re-raised, not taken for
   compile failures. A new input shape (the short last tile batch of a row, another tile size)
   recompiles once (``torch.compile`` turns the changing dimension dynamic at its second size);
