@@ -221,7 +221,7 @@ class SkipGatePatch:
         coefficient = s.coefficients.get(block_id)
         if coefficient is None:
             return h, hsp
-        acts, skipped = (True, []) if s.apply_to == "both" else chunk_rows(hsp.shape[0], transformer_options, s.apply_to)
+        acts, skipped = chunk_rows(hsp.shape[0], transformer_options, s.apply_to)
         acts = acts and coefficient != 0.0
         if not acts and self.recorder is None:
             return h, hsp
