@@ -58,7 +58,7 @@ def test_fused_gate_matches_the_math_fp32(interpreted, shape):
     hsp = _features(batch, cx, height, width, 0, offset=3.0)
     h = _features(batch, cg, height, width, 1)
     rows = [0.7, 0.0, 0.35, 1.0][:batch]
-    out, alpha = interpreted.fused_skip_gate(h, hsp, torch.tensor(rows), sharpness=1.5, eps=1e-5, want_alpha=True)
+    out, alpha = interpreted.fused_skip_gate(h, hsp, rows, sharpness=1.5, eps=1e-5, want_alpha=True)
     want, want_alpha = _reference(h, hsp, rows, 1.5)
     assert out.dtype == hsp.dtype and out.shape == hsp.shape
     torch.testing.assert_close(alpha.double(), want_alpha, rtol=0, atol=2e-6)
@@ -90,10 +90,10 @@ def test_fused_gate_on_strided_layouts(interpreted, layout):
         wide[..., ::2] = h
         hsp_in, h_in = hsp, wide[..., ::2]
         refused = torch.zeros(2, 24, 9, 14)[..., ::2]  # the output could not keep these strides
-        assert interpreted.fused_skip_gate(h, refused, torch.tensor([0.6, 0.25]), 1.2, 1e-5) is None
+        assert interpreted.fused_skip_gate(h, refused, [0.6, 0.25], 1.2, 1e-5) is None
     assert not (hsp_in.is_contiguous() and h_in.is_contiguous())
     assert interpreted.pixel_flat(hsp_in) and interpreted.pixel_flat(h_in)
-    out, alpha = interpreted.fused_skip_gate(h_in, hsp_in, torch.tensor([0.6, 0.25]), sharpness=1.2, eps=1e-5,
+    out, alpha = interpreted.fused_skip_gate(h_in, hsp_in, [0.6, 0.25], sharpness=1.2, eps=1e-5,
                                              want_alpha=True)
     assert out.stride() == hsp_in.stride()
     torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
@@ -103,19 +103,19 @@ def test_fused_gate_on_strided_layouts(interpreted, layout):
 def test_unaligned_or_unaddressable_data_is_left_to_the_eager_path(interpreted):
     hsp = _features(1, 8, 6, 6, 8)
     transposed = _features(1, 8, 6, 6, 10).transpose(2, 3)  # pixels not in row-major order
-    assert interpreted.fused_skip_gate(transposed, hsp, torch.tensor([1.0]), 1.0, 1e-5) is None
+    assert interpreted.fused_skip_gate(transposed, hsp, [1.0], 1.0, 1e-5) is None
     shifted = torch.empty(hsp.numel() + 1)[1:].view_as(hsp)  # 4 bytes past a 16-byte boundary
     shifted.copy_(hsp)
     h = _features(1, 8, 6, 6, 9)
-    assert interpreted.fused_skip_gate(h, shifted, torch.tensor([1.0]), 1.0, 1e-5) is None
-    assert interpreted.fused_skip_gate(h, hsp, torch.tensor([1.0]), 1.0, 1e-5) is not None
+    assert interpreted.fused_skip_gate(h, shifted, [1.0], 1.0, 1e-5) is None
+    assert interpreted.fused_skip_gate(h, hsp, [1.0], 1.0, 1e-5) is not None
 
 
 def test_fused_gate_fp16(interpreted):
     hsp = _features(2, 24, 9, 12, 2).to(torch.float16)
     h = _features(2, 48, 9, 12, 3).to(torch.float16)
     rows = [0.5, 0.9]
-    out, alpha = interpreted.fused_skip_gate(h, hsp, torch.tensor(rows), sharpness=1.0, eps=1e-5, want_alpha=False)
+    out, alpha = interpreted.fused_skip_gate(h, hsp, rows, sharpness=1.0, eps=1e-5, want_alpha=False)
     assert alpha is None and out.dtype == torch.float16
     want, _ = _reference(h.float(), hsp.float(), rows, 1.0)
     torch.testing.assert_close(out.double(), want, rtol=2e-3, atol=2e-3)  # one fp16 rounding
@@ -125,7 +125,7 @@ def test_tile_statistics_do_not_cancel(interpreted):
     """Energies on a large offset with a small spread: E[e^2]-E[e]^2 in fp32 would lose the variance."""
     hsp = _features(1, 16, 64, 64, 4, offset=0.0) * 0.01 + 100.0
     h = _features(1, 16, 64, 64, 5)
-    out, alpha = interpreted.fused_skip_gate(h, hsp, torch.tensor([1.0]), sharpness=1.0, eps=1e-12, want_alpha=True)
+    out, alpha = interpreted.fused_skip_gate(h, hsp, [1.0], sharpness=1.0, eps=1e-12, want_alpha=True)
     _, want_alpha = _reference(h, hsp, [1.0], 1.0)
     # eps tiny: the standardised map depends on the variance alone
     want = reference_energy_alpha(h, hsp, 1.0, eps=1e-12)
@@ -144,14 +144,14 @@ def test_patch_uses_fused_path_and_matches_eager(interpreted, monkeypatch):
     eager, eager_rec, _ = apply_skip_gate(model, tiny_config("sd1"), "sd1", **kwargs)
     want = run(eager, inputs, [1, 0])
     calls = []
-    real = skip_gate.fused_skip_gate
+    real = interpreted.FusedSkipGate.__call__
 
-    def counting(*args, **kw):
-        calls.append(args[1].shape)
-        return real(*args, **kw)
+    def counting(self, h, hsp, *args, **kw):
+        calls.append(hsp.shape)
+        return real(self, h, hsp, *args, **kw)
 
     monkeypatch.setattr(skip_gate, "fused_usable", lambda h, hsp: True)
-    monkeypatch.setattr(skip_gate, "fused_skip_gate", counting)
+    monkeypatch.setattr(interpreted.FusedSkipGate, "__call__", counting)
     fused, fused_rec, _ = apply_skip_gate(model, tiny_config("sd1"), "sd1", **kwargs)
     got = run(fused, inputs, [1, 0])
     assert len(calls) == len(tiny_config("sd1").block_out_channels) * 2  # every output block, once

@@ -40,3 +40,48 @@ def test_fused_path_is_refused_where_it_would_be_wrong():
     assert not tensors_allow_fusion(h, trainable)
     with torch.no_grad():
         assert tensors_allow_fusion(h, trainable)  # no graph is built: fusing loses nothing
+
+
+def test_spare_output_is_written_again_only_when_nothing_holds_it():
+    """The fused gate's output buffer on launch-bound maps: handed out as an alias, and reused only
+    once no alias of it, nor any view of one, is alive (``FusedSkipGate._output``)."""
+    from types import SimpleNamespace
+
+    from unet_lab.unet_core.gates import fused_gate
+
+    if fused_gate._storage_use_count is None:
+        pytest.skip("this torch has no storage use count: every call allocates")
+    output = fused_gate.FusedSkipGate._output
+    hsp = torch.randn(2, 4, 3, 5).contiguous(memory_format=torch.channels_last)
+    lane = SimpleNamespace(spare=None)
+    first = output(lane, hsp, True)
+    assert first.shape == hsp.shape and first.stride() == hsp.stride() and first.dtype == hsp.dtype
+    held = first.data_ptr()
+    second = output(lane, hsp, True)  # ``first`` is still alive: a fresh buffer
+    assert second.data_ptr() != held
+    spare = lane.spare[0]
+    assert second.data_ptr() == spare.data_ptr()  # the fresh one became the spare
+    view = second[:, :2]  # a view outliving its tensor still holds the buffer
+    del first, second
+    third = output(lane, hsp, True)
+    assert third.data_ptr() != spare.data_ptr()
+    spare = lane.spare[0]
+    del third, view
+    assert output(lane, hsp, True).data_ptr() == spare.data_ptr()  # nothing held it: reused
+    with torch.inference_mode():  # views of inference tensors keep no base, but they do hold the storage
+        lane = SimpleNamespace(spare=None)
+        kept = output(lane, hsp, True)
+        view = kept[0]
+        del kept
+        assert output(lane, hsp, True).data_ptr() != view.data_ptr()
+
+
+def test_large_maps_get_a_fresh_output_every_call():
+    from types import SimpleNamespace
+
+    from unet_lab.unet_core.gates import fused_gate
+
+    lane = SimpleNamespace(spare=None)
+    hsp = torch.randn(1, 2, 4, 4)
+    first = fused_gate.FusedSkipGate._output(lane, hsp, False)
+    assert lane.spare is None and first.shape == hsp.shape

@@ -38,9 +38,14 @@ Launch cost: Triton's ``kernel[grid](...)`` binds and specialises every argument
 gate. So each case (shapes, strides, dtypes, devices: everything Triton specialises a launch on;
 unaligned data is refused, so alignment is fixed) keeps its compiled kernel(s) and launches them
 through Triton's launcher with the arguments Triton's own runner passes (``_kept_launch``,
-checked against the runner's output on the case's first call); the per-call Python around it is
-a dictionary lookup and the checks above. Scratch and barrier buffers are per device and
-stream: work on one stream is ordered, so a gate's kernels only start after the previous gate's.
+checked bitwise against the runner's output on the case's first call): on Triton 3.5 and 3.6
+straight into the launcher's C function, with pointers as plain ints (the launcher would
+otherwise call ``data_ptr()`` and ask the driver about every tensor argument on every call).
+A :class:`FusedSkipGate` (one per patch) finds a call's case, its coefficients on the device and
+its fixed arguments with one dictionary lookup, and keeps a spare output buffer for one-launch
+maps (``FusedSkipGate._output``; each under 2^23 elements, about 27 MB at most for SD1 at 512 px,
+batch 2). Scratch and barrier buffers are per device and stream: work on one stream is ordered,
+so a gate's kernels only start after the previous gate's.
 """
 
 from __future__ import annotations
@@ -62,8 +67,12 @@ _MAX_TILES = 2048
 _PROGRAMS_PER_SM = 2  # one-launch gate: programs resident at once per SM (the barrier needs them all)
 _ONE_LAUNCH_MAX_ELEMENTS = 1 << 23  # B * HW * (C_x + C_g) up to this: one launch (measured, module doc)
 _NUM_WARPS = 4
-_state: dict[str, Any] = {"kernels": None, "failed": False, "triton": None, "plans": {}, "scratch": {}}
+_C_LAUNCH_TRITON = ((3, 5), (3, 6))  # Triton versions whose C launch arguments ``_kept_launch`` knows
+_state: dict[str, Any] = {"kernels": None, "failed": False, "triton": None, "plans": {}, "scratch": {},
+                          "one_gpu": None}
 _is_compiling: Callable[[], bool] = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
+# C++ references to a storage (every tensor on it, plus the caller's handle); no such function: None
+_storage_use_count: Callable[[int], int] | None = getattr(torch._C, "_storage_Use_Count", None)
 
 
 def triton_available() -> bool:
@@ -98,15 +107,36 @@ def _no_launch_hooks() -> bool:
     return all(hook is None or getattr(hook, "calls", None) == [] for hook in hooks)
 
 
+def _c_launch(launcher: Any) -> Callable[..., Any] | None:
+    """Triton's compiled C launch function behind ``CompiledKernel.run``, where calling it straight
+    is what ``run`` would do: Triton 3.5 or 3.6 (whose argument list ``_kept_launch`` passes), a
+    kernel with no global or profiling scratch to allocate (``run``'s only other work). Else None."""
+    launch = getattr(launcher, "launch", None)
+    if not callable(launch) or _triton_minor() not in _C_LAUNCH_TRITON:
+        return None
+    if getattr(launcher, "global_scratch_size", None) != 0 or getattr(launcher, "profile_scratch_size", None) != 0:
+        return None
+    if not (hasattr(launcher, "launch_cooperative_grid") and hasattr(launcher, "launch_pdl")):
+        return None
+    return launch
+
+
+def _triton_minor() -> tuple[int, ...]:
+    import triton
+
+    return tuple(int(part) for part in triton.__version__.split(".")[:2] if part.isdigit())
+
+
 def _kept_launch(compiled: Any, grid: tuple[int, int, int],
                  direct: bool = True) -> tuple[Callable[..., None], bool] | None:
     """``(launch(stream, *args), is_direct)`` for a compiled kernel on a fixed grid; None in the interpreter.
 
-    Direct: the call goes straight to the kernel's launcher (``CompiledKernel.run``) with the
-    arguments Triton's own runner (``CompiledKernel[grid]``) passes it when no launch hook is set,
-    skipping the runner's per-call work; :func:`_first_launch` checks its first use against the
-    runner. Launch hooks are not called on this path, so it is taken only while none is set;
-    otherwise (or ``direct=False``) the runner itself."""
+    Direct: the call skips Triton's runner (``CompiledKernel[grid]``) and passes its launcher the
+    arguments the runner passes when no launch hook is set; where :func:`_c_launch` allows, it
+    goes one level further, to the C function that launcher forwards to. :func:`_first_launch`
+    checks its first use against the runner. Launch hooks are not called on this path, so it is
+    taken only while none is set; otherwise (or ``direct=False``) the runner itself. Every kind
+    takes pointer arguments as tensors or as plain ints (Triton's C launcher accepts both)."""
     if not (hasattr(compiled, "__getitem__") and hasattr(compiled, "function")):
         return None
     runner = compiled[grid]  # loads the module: ``function`` and ``run`` are set from here on
@@ -115,12 +145,23 @@ def _kept_launch(compiled: Any, grid: tuple[int, int, int],
     if direct and callable(launcher) and metadata is not None and _no_launch_hooks():
         function = compiled.function
         gx, gy, gz = grid
+        c_launch = _c_launch(launcher)
+        if c_launch is not None:
+            cooperative, pdl = launcher.launch_cooperative_grid, launcher.launch_pdl
 
-        def launch(stream: int, *args: Any) -> None:
-            launcher(gx, gy, gz, stream, function, metadata, None, None, None, *args)
+            def launch(stream: int, *args: Any) -> None:
+                c_launch(gx, gy, gz, stream, function, cooperative, pdl, None, None, metadata, None, None, None, *args)
+        else:
+            def launch(stream: int, *args: Any) -> None:
+                launcher(gx, gy, gz, stream, function, metadata, None, None, None, *args)
 
         return launch, True
     return (lambda stream, *args: runner(*args, stream=stream)), False
+
+
+def _as_pointers(args: tuple) -> tuple:
+    """``args`` with every tensor replaced by its data pointer (an int)."""
+    return tuple(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args)
 
 
 def pixel_flat(t: torch.Tensor) -> bool:
@@ -133,8 +174,14 @@ def fused_usable(h: torch.Tensor, hsp: torch.Tensor) -> bool:
     """Whether the fused gate may run on these tensors now: the per-call part of the conditions in
     the module docstring (layouts, shapes, dtypes, devices of both tensors and the switch are
     checked once per case by :func:`fused_skip_gate`, which returns None when they do not hold)."""
-    return (not _state["failed"] and hsp.is_cuda and hsp.get_device() == torch.cuda.current_device()
-            and tensors_allow_fusion(h, hsp))
+    return not _state["failed"] and hsp.is_cuda and _on_current_device(hsp) and tensors_allow_fusion(h, hsp)
+
+
+def _on_current_device(t: torch.Tensor) -> bool:
+    """Whether a CUDA tensor is on the current device (where Triton launches); always so with one GPU."""
+    if _state["one_gpu"] is None:
+        _state["one_gpu"] = torch.cuda.device_count() == 1
+    return _state["one_gpu"] or t.get_device() == torch.cuda.current_device()
 
 
 def tensors_allow_fusion(h: torch.Tensor, hsp: torch.Tensor) -> bool:
@@ -225,7 +272,7 @@ def _new_plan(key: tuple, h: torch.Tensor, hsp: torch.Tensor, want_alpha: bool) 
         ok=n_tiles <= _MAX_TILES, device_index=device_index, current_stream=stream, single=single,
         scratch=partial_offset + batch * n_tiles * 4, sync=2 * batch, grid=(batch, n_tiles, 1),
         scalars=(cx, h.shape[1], hw, n_tiles, partial_offset, sx[0], sx[1], sx[3], sg[0], sg[1], sg[3]),
-        constexprs=constexprs, launches=None, buffers={}))
+        constexprs=constexprs, launches=None))
 
 
 def _bind(plan: SimpleNamespace, args: tuple, phase: int) -> Any:
@@ -246,10 +293,10 @@ def _first_launch(plan: SimpleNamespace, args: tuple, out: torch.Tensor, stream:
     values = tuple(plan.constexprs.values())
     candidates = []
     trial = torch.empty_like(out)
-    trial_args = args[:2] + (trial,) + args[3:]
+    trial_args = _as_pointers(args[:2] + (trial,) + args[3:])  # kept launches are given pointers
     if plan.single:
         try:
-            one = _kept_launch(_bind(plan, trial_args, 0), plan.grid)
+            one = _kept_launch(_bind(plan, args[:2] + (trial,) + args[3:], 0), plan.grid)
             if one is not None:
                 candidates.append([(one[0], values + (0,))])
         except Exception as exc:  # noqa: BLE001 - no cooperative launch here: two launches
@@ -267,39 +314,115 @@ def _first_launch(plan: SimpleNamespace, args: tuple, out: torch.Tensor, stream:
     plan.launches = [(launch, values + (phase,)) for (launch, _), phase in zip(runners, (1, 2), strict=True)]
 
 
-def fused_skip_gate(h: torch.Tensor, hsp: torch.Tensor, row_coefficients: torch.Tensor, sharpness: float,
-                    eps: float, want_alpha: bool = False) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """``(m * hsp, alpha or None)`` with ``alpha`` [B, 1, H, W] in ``hsp``'s dtype; None if this case
-    cannot run fused or the launch failed (then the caller runs the eager path).
-    ``row_coefficients``: fp32 [B] on hsp's device, ``k_b = c (1 - floor)`` or 0 per row. ``hsp``
-    is not modified."""
-    key = (hsp.shape, hsp.stride(), h.shape, h.stride(), hsp.dtype, h.dtype, hsp.get_device(), h.get_device(),
-           want_alpha)
-    try:
-        plan = _state["plans"].get(key)
-        if plan is None:
-            load_kernels()  # first: building the kernels starts a fresh table of plans
-            plan = _new_plan(key, h, hsp, want_alpha)
-        if not plan.ok or (hsp.data_ptr() | h.data_ptr() | row_coefficients.data_ptr()) & 15:
-            return None  # unaligned data would need other kernels: the eager path
-        stream = plan.current_stream(plan.device_index) if plan.current_stream is not None else None
-        buffers = plan.buffers.get(stream)
-        if buffers is None:
-            buffers = plan.buffers[stream] = (_buffer("scratch", plan.scratch, torch.float32, plan.device_index, stream),
-                                              _buffer("sync", plan.sync, torch.int32, plan.device_index, stream))
-        scratch, sync = buffers
+class FusedSkipGate:
+    """One patch's fused gate: per case (the layout of ``h`` and ``hsp`` and the row coefficients)
+    the plan, the coefficients on the device and the kernel's fixed arguments, found with one
+    dictionary lookup per call; per case and stream, the scratch pointers and a spare output
+    (see :meth:`_output`).
+
+    Call: ``gate(h, hsp, rows, want_alpha)`` -> ``(m * hsp, alpha or None)`` with ``alpha``
+    [B, 1, H, W] in ``hsp``'s dtype, or None if this case cannot run fused or a launch failed (then
+    the caller runs the eager path). ``rows``: per batch row ``k_b = c (1 - floor)``, 0 for rows
+    left alone. ``hsp`` is not modified. The caller checks :func:`fused_usable` first."""
+
+    def __init__(self, sharpness: float, eps: float) -> None:
+        self.sharpness = float(sharpness)
+        self.eps = float(eps)
+        self._cases: dict[tuple, SimpleNamespace] = {}
+
+    def _new_case(self, key: tuple, h: torch.Tensor, hsp: torch.Tensor, rows: tuple[float, ...],
+                  want_alpha: bool) -> SimpleNamespace:
+        plan_key = key[:8] + (want_alpha,)
+        load_kernels()  # first: building the kernels starts a fresh table of plans
+        plan = _state["plans"].get(plan_key) or _new_plan(plan_key, h, hsp, want_alpha)
+        if not plan.ok or len(rows) != hsp.shape[0]:
+            return self._cases.setdefault(key, SimpleNamespace(ok=False))
+        coefficients = torch.tensor(rows, dtype=torch.float32, device=hsp.device)
+        return self._cases.setdefault(key, SimpleNamespace(
+            ok=True, plan=plan, coefficients=coefficients, coefficients_ptr=coefficients.data_ptr(),
+            tail=(*plan.scalars, self.sharpness, self.eps), launches=None, lanes={}))
+
+    @staticmethod
+    def _new_lane(case: SimpleNamespace, stream: Any) -> SimpleNamespace:
+        """The scratch and barrier buffers of a case on one stream (shared with every case on it)."""
+        plan = case.plan
+        scratch = _buffer("scratch", plan.scratch, torch.float32, plan.device_index, stream)
+        sync = _buffer("sync", plan.sync, torch.int32, plan.device_index, stream)
+        lane = SimpleNamespace(scratch=scratch, sync=sync, scratch_ptr=scratch.data_ptr(), sync_ptr=sync.data_ptr(),
+                               spare=None)
+        return case.lanes.setdefault(stream, lane)
+
+    @staticmethod
+    def _output(lane: SimpleNamespace, hsp: torch.Tensor, keep_spare: bool) -> torch.Tensor:
+        """A tensor for the output, with ``hsp``'s shape, dtype and strides.
+
+        Where the gate is launch-bound (``keep_spare``: one-launch maps) the allocation is a
+        visible share of its host time, so the lane keeps a spare buffer and hands out an alias
+        of it; the buffer is written again only once no alias of it, nor any view of one, is
+        left anywhere: its storage's use count (C++ references: every tensor on it) is back to
+        what it was with the spare alone. The caller's work on the previous alias was queued on
+        the same stream before this gate's kernel, so it has read it by then. Larger maps, or a
+        torch without the use count, get a fresh tensor every call."""
+        spare = lane.spare
+        if spare is not None and _storage_use_count(spare[2]) == spare[3]:
+            return spare[0].detach()
         out = torch.empty_like(hsp)
-        alpha = (torch.empty(hsp.shape[0], 1, *hsp.shape[2:], dtype=hsp.dtype, device=hsp.device)
-                 if want_alpha else scratch)
-        args = (hsp, h, out, scratch, row_coefficients, alpha, sync, *plan.scalars, float(sharpness), float(eps))
+        if not keep_spare or _storage_use_count is None:
+            return out
+        storage = out.untyped_storage()  # held with the spare: its reference stays in the count
+        lane.spare = (out, storage, storage._cdata, _storage_use_count(storage._cdata))
+        return out.detach()
+
+    def __call__(self, h: torch.Tensor, hsp: torch.Tensor, rows: tuple[float, ...],
+                 want_alpha: bool = False) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        key = (hsp.shape, hsp.stride(), h.shape, h.stride(), hsp.dtype, h.dtype, hsp.get_device(), h.get_device(),
+               rows, want_alpha)
+        try:
+            case = self._cases.get(key) or self._new_case(key, h, hsp, rows, want_alpha)
+            if not case.ok:
+                return None
+            x_ptr, g_ptr = hsp.data_ptr(), h.data_ptr()
+            if (x_ptr | g_ptr) & 15:
+                return None  # unaligned data would need other kernels: the eager path
+            plan = case.plan
+            stream = plan.current_stream(plan.device_index) if plan.current_stream is not None else None
+            lane = case.lanes.get(stream) or self._new_lane(case, stream)
+            out = self._output(lane, hsp, plan.single)
+            alpha = torch.empty(hsp.shape[0], 1, *hsp.shape[2:], dtype=hsp.dtype, device=hsp.device) if want_alpha else None
+            if case.launches is None:
+                self._bound_call(case, lane, h, hsp, out, alpha, stream)
+            else:  # kept launches take pointers: the tensors were checked above, the launcher need not
+                alpha_ptr = alpha.data_ptr() if want_alpha else lane.scratch_ptr
+                out_ptr = out.data_ptr()
+                for launch, tail in case.launches:
+                    launch(stream, x_ptr, g_ptr, out_ptr, lane.scratch_ptr, case.coefficients_ptr, alpha_ptr,
+                           lane.sync_ptr, *tail)
+        except Exception as exc:  # noqa: BLE001 - any launch failure falls back to the eager gate
+            _state["failed"] = True
+            log.warning("fused skip gate unavailable (%s: %s); using the eager gate", type(exc).__name__,
+                        str(exc).splitlines()[0][:200] if str(exc) else "")
+            return None
+        return out, alpha
+
+    @staticmethod
+    def _bound_call(case: SimpleNamespace, lane: SimpleNamespace, h: torch.Tensor, hsp: torch.Tensor,
+                    out: torch.Tensor, alpha: torch.Tensor | None, stream: Any) -> None:
+        """A call with tensor arguments: the plan's first (which picks its launches), one through
+        kept launches of a plan another case picked them for (then kept on this case too), or,
+        in Triton's interpreter, every call."""
+        plan = case.plan
+        args = (hsp, h, out, lane.scratch, case.coefficients, lane.scratch if alpha is None else alpha, lane.sync,
+                *case.tail)
         if plan.launches is None:
             _first_launch(plan, args, out, stream)
         else:
             for launch, values in plan.launches:
-                launch(stream, *args, *values)
-    except Exception as exc:  # noqa: BLE001 - any launch failure falls back to the eager gate
-        _state["failed"] = True
-        log.warning("fused skip gate unavailable (%s: %s); using the eager gate", type(exc).__name__,
-                    str(exc).splitlines()[0][:200] if str(exc) else "")
-        return None
-    return out, (alpha if want_alpha else None)
+                launch(stream, *_as_pointers(args), *values)
+        if plan.launches is not None:
+            case.launches = [(launch, case.tail + values) for launch, values in plan.launches]
+
+
+def fused_skip_gate(h: torch.Tensor, hsp: torch.Tensor, rows: tuple[float, ...], sharpness: float, eps: float,
+                    want_alpha: bool = False) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """One call of a fresh :class:`FusedSkipGate` (what tests and one-off callers need)."""
+    return FusedSkipGate(sharpness, eps)(h, hsp, tuple(float(k) for k in rows), want_alpha)

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import GateError
-from .fused_gate import fused_skip_gate, fused_usable
+from .fused_gate import FusedSkipGate, fused_usable
 from .levels import SkipBlock, parse_level_strengths, parse_levels, skip_blocks
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ class SkipGatePatch:
         self.recorder = recorder
         self.fused = fused  # False: always the eager path (the reference; benchmarks compare both)
         self._ones: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-        self._rows: dict[tuple, torch.Tensor] = {}
+        self._fused_gate = FusedSkipGate(settings.sharpness, settings.eps)
 
     def _one(self, like: torch.Tensor) -> torch.Tensor:
         key = (like.device, like.dtype)
@@ -191,17 +191,15 @@ class SkipGatePatch:
             one = self._ones[key] = torch.ones((), dtype=like.dtype, device=like.device)
         return one
 
-    def _row_coefficients(self, like: torch.Tensor, coefficient: float,
-                          skipped: list[tuple[int, int]]) -> torch.Tensor:
-        """fp32 [B] on ``like``'s device: ``c (1 - floor)``, 0 on skipped rows (made once per case)."""
-        key = (like.get_device(), like.shape[0], coefficient, tuple(skipped))
-        rows = self._rows.get(key)
-        if rows is None:
-            values = [coefficient * (1.0 - self.settings.floor)] * like.shape[0]
-            for start, stop in skipped:
-                values[start:stop] = [0.0] * (stop - start)
-            rows = self._rows[key] = torch.tensor(values, dtype=torch.float32, device=like.device)
-        return rows
+    def _row_coefficients(self, batch: int, coefficient: float, skipped: list[tuple[int, int]]) -> tuple[float, ...]:
+        """Per batch row ``k = c (1 - floor)``, 0 on skipped rows (the fused kernel's row coefficients)."""
+        k = coefficient * (1.0 - self.settings.floor)
+        if not skipped:
+            return (k,) * batch
+        values = [k] * batch
+        for start, stop in skipped:
+            values[start:stop] = [0.0] * (stop - start)
+        return tuple(values)
 
     def __deepcopy__(self, memo: dict) -> SkipGatePatch:
         return self  # immutable; keeps the recorder shared across ModelPatcher.clone()
@@ -227,8 +225,8 @@ class SkipGatePatch:
             return h, hsp
         block = s.blocks[block_id]
         if acts and self.fused and self.trained is None and fused_usable(h, hsp):
-            fused = fused_skip_gate(h, hsp, self._row_coefficients(hsp, coefficient, skipped), s.sharpness, s.eps,
-                                    want_alpha=self.recorder is not None)
+            fused = self._fused_gate(h, hsp, self._row_coefficients(hsp.shape[0], coefficient, skipped),
+                                     want_alpha=self.recorder is not None)
             if fused is not None:
                 out, alpha = fused
                 if self.recorder is not None:
