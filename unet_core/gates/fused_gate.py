@@ -71,7 +71,7 @@ _C_LAUNCH_TRITON = ((3, 5), (3, 6))  # Triton versions whose C launch arguments 
 _state: dict[str, Any] = {"kernels": None, "failed": False, "triton": None, "plans": {}, "scratch": {},
                           "one_gpu": None}
 _is_compiling: Callable[[], bool] = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
-# C++ references to a storage (every tensor on it, plus the caller's handle); no such function: None
+# C++ references to a storage (every tensor on it, and its Python object if one is alive); None where missing
 _storage_use_count: Callable[[int], int] | None = getattr(torch._C, "_storage_Use_Count", None)
 
 
@@ -173,7 +173,7 @@ def pixel_flat(t: torch.Tensor) -> bool:
 def fused_usable(h: torch.Tensor, hsp: torch.Tensor) -> bool:
     """Whether the fused gate may run on these tensors now: the per-call part of the conditions in
     the module docstring (layouts, shapes, dtypes, devices of both tensors and the switch are
-    checked once per case by :func:`fused_skip_gate`, which returns None when they do not hold)."""
+    checked once per case by :class:`FusedSkipGate`, which returns None when they do not hold)."""
     return not _state["failed"] and hsp.is_cuda and _on_current_device(hsp) and tensors_allow_fusion(h, hsp)
 
 
@@ -344,7 +344,8 @@ class FusedSkipGate:
 
     @staticmethod
     def _new_lane(case: SimpleNamespace, stream: Any) -> SimpleNamespace:
-        """The scratch and barrier buffers of a case on one stream (shared with every case on it)."""
+        """A case's state on one stream: the scratch and barrier buffers (shared by every case on
+        that stream) and the case's spare output."""
         plan = case.plan
         scratch = _buffer("scratch", plan.scratch, torch.float32, plan.device_index, stream)
         sync = _buffer("sync", plan.sync, torch.int32, plan.device_index, stream)
