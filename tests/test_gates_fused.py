@@ -85,3 +85,31 @@ def test_large_maps_get_a_fresh_output_every_call():
     hsp = torch.randn(1, 2, 4, 4)
     first = fused_gate.FusedSkipGate._output(lane, hsp, False)
     assert lane.spare is None and first.shape == hsp.shape
+
+
+def test_c_level_launch_only_where_its_argument_list_is_known(monkeypatch):
+    """Triton's C launch function takes a different argument list from version to version (3.9
+    passes the hooks and scratch in another order): the gate calls it straight only on the
+    versions whose list it passes (3.5, 3.6), and only when ``run`` would allocate nothing."""
+    from types import SimpleNamespace
+
+    from unet_lab.unet_core.gates import fused_gate
+
+    def launcher(**changes):
+        fields = dict(launch=lambda *args: None, global_scratch_size=0, profile_scratch_size=0,
+                      launch_cooperative_grid=True, launch_pdl=False)
+        fields.update(changes)
+        return SimpleNamespace(**{k: v for k, v in fields.items() if v is not None})
+
+    pytest.importorskip("triton")
+    installed = fused_gate._triton_minor()
+    plain = launcher()
+    assert (fused_gate._c_launch(plain) is plain.launch) == (installed in fused_gate._C_LAUNCH_TRITON)
+    monkeypatch.setattr(fused_gate, "_triton_minor", lambda: (3, 6))
+    assert fused_gate._c_launch(plain) is plain.launch
+    assert fused_gate._c_launch(launcher(global_scratch_size=64)) is None  # run() would allocate it
+    assert fused_gate._c_launch(launcher(profile_scratch_size=8)) is None
+    assert fused_gate._c_launch(launcher(launch_pdl=None)) is None  # an older launcher's layout
+    for version in ((3, 4), (3, 7), (3, 9), (4, 0)):
+        monkeypatch.setattr(fused_gate, "_triton_minor", lambda version=version: version)
+        assert fused_gate._c_launch(plain) is None
