@@ -102,7 +102,7 @@ def make_unet_file(path: Path, family: str = "sd1", seed: int = 0) -> int:
     with open(path, "wb") as f:
         f.write(len(raw).to_bytes(8, "little"))
         f.write(raw)
-        for k, s in shapes.items():
+        for s in shapes.values():
             f.write(torch.randint(0, 256, (2 * math.prod(s),), dtype=torch.uint8, generator=gen).numpy().data)
     return path.stat().st_size
 
@@ -156,7 +156,7 @@ def child(which: str, path: str, repeats: int, touch: str) -> dict:
         assert len(sd) == expected, (len(sd), expected)
         del sd
     return {"which": which, "load_s": load_times, "touch_s": touch_times,
-            "total_s": [a + b for a, b in zip(load_times, touch_times)],
+            "total_s": [a + b for a, b in zip(load_times, touch_times, strict=True)],
             "rss_before": rss_before, "vmhwm": _status("VmHWM")}
 
 
@@ -165,7 +165,6 @@ def sniff_timings(repeats: int = 7) -> dict[str, float]:
     load_core()
     sys.path.insert(0, str(REPO_ROOT / "tests"))
     import fixtures_checkpoints as fx
-
     from unet_lab.unet_core.checkpoints import safetensors_header
     from unet_lab.unet_core.checkpoints.sniff import sniff
 

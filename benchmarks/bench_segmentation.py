@@ -39,8 +39,10 @@ import logging
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -84,8 +86,8 @@ class PlainUNet(nn.Module):
 
     def __init__(self, widths: list[int], classes: int = 1, block: type[nn.Module] = _Double) -> None:
         super().__init__()
-        self.enc = nn.ModuleList([block(3, widths[0])] + [block(a, b) for a, b in zip(widths, widths[1:])])
-        self.ups = nn.ModuleList(nn.ConvTranspose2d(b, a, 2, stride=2) for a, b in zip(widths, widths[1:]))
+        self.enc = nn.ModuleList([block(3, widths[0])] + [block(a, b) for a, b in pairwise(widths)])
+        self.ups = nn.ModuleList(nn.ConvTranspose2d(b, a, 2, stride=2) for a, b in pairwise(widths))
         self.dec = nn.ModuleList(block(2 * a, a) for a in widths[:-1])
         self.head = nn.Conv2d(widths[0], classes, 1)
 
@@ -95,7 +97,7 @@ class PlainUNet(nn.Module):
             x = block(x if i == 0 else F.max_pool2d(x, 2))
             skips.append(x)
         x = skips.pop()
-        for up, block in zip(reversed(self.ups), reversed(self.dec)):
+        for up, block in zip(reversed(self.ups), reversed(self.dec), strict=True):
             x = block(torch.cat([skips.pop(), up(x)], 1))
         return self.head(x)
 
@@ -238,7 +240,7 @@ def measure(build: Callable[[], nn.Module], args: argparse.Namespace, device: to
         opt.step()
 
     t_train = _time(step, device, args.warmup, args.iters)
-    del model, net, train_net, opt
+    model = net = train_net = opt = None  # drop them (the closures hold them too) before emptying the cache
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return {"params_M": params / 1e6, "forward_ms": t_fwd * 1e3, "forward_img_s": args.batch / t_fwd,

@@ -154,7 +154,7 @@ def bench_family(family: str, config, size: int, device, dtype, warmup: int, rou
               "variants": {}}
     for name, samples in times.items():
         # paired: each timed step against the unpatched step of the same round (drift cancels)
-        paired = statistics.median(t / u for t, u in zip(samples, times["unpatched"]))
+        paired = statistics.median(t / u for t, u in zip(samples, times["unpatched"], strict=True))
         samples = sorted(samples)
         median = statistics.median(samples)
         result["variants"][name] = {

@@ -191,9 +191,9 @@ def run_case(name: str, config: UNetConfig, batch: int, size: int, tokens: int, 
     result["ratio_ours_over_diffusers"] = round(med["ours"] / med["diffusers"], 3)
     if "ours+compile" in med:
         result["ratio_compiled_ours_over_diffusers"] = round(med["ours+compile"] / med["diffusers+compile"], 3)
-    del ref, ours, fns
+    ref = ours = fns = None  # drop them (the closures hold them too) before emptying the cache
     if compile_scope:
-        del c_ref, c_ours
+        c_ref = c_ours = None
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from hypothesis import strategies as st
+
 from pack_support import node_result  # noqa: F401  (re-exported for the hardening tests)
 
 # Cases run per target in this process (the long-run script prints it).

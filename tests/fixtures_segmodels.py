@@ -149,7 +149,7 @@ def smp_unet_resnet34_shapes(in_channels: int = 3, classes: int = 1,
     shapes["encoder.conv1.weight"] = (64, in_channels, 7, 7)
     bn("encoder.bn1", 64)
     cin = 64
-    for layer, (planes, count) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3)), start=1):
+    for layer, (planes, count) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3), strict=True), start=1):
         for b in range(count):
             p = f"encoder.layer{layer}.{b}"
             shapes[f"{p}.conv1.weight"] = (planes, cin, 3, 3)
@@ -163,7 +163,7 @@ def smp_unet_resnet34_shapes(in_channels: int = 3, classes: int = 1,
     encoder_channels = [512, 256, 128, 64, 64]  # deepest first, the input itself excluded
     block_in = [encoder_channels[0]] + list(decoder_channels[:-1])
     block_skip = encoder_channels[1:] + [0]
-    for i, (cin, skip, cout) in enumerate(zip(block_in, block_skip, decoder_channels)):
+    for i, (cin, skip, cout) in enumerate(zip(block_in, block_skip, decoder_channels, strict=False)):
         shapes[f"decoder.blocks.{i}.conv1.0.weight"] = (cout, cin + skip, 3, 3)
         bn(f"decoder.blocks.{i}.conv1.1", cout)
         shapes[f"decoder.blocks.{i}.conv2.0.weight"] = (cout, cout, 3, 3)

@@ -16,6 +16,7 @@ os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton
 
 import pytest  # noqa: E402
 import torch
+
 from fixtures_gates import reference_applied, reference_energy_alpha, run, tiny_config, tiny_patcher, unet_inputs
 
 pytest.importorskip("triton")
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def interpreted(monkeypatch):
     """The fused module with its kernels built for Triton's interpreter (and rebuilt after)."""
     import triton.language as tl
+
     from unet_lab.unet_core.gates import fused_gate
 
     assert os.environ.get("TRITON_INTERPRET") == "1"

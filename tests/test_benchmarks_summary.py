@@ -6,6 +6,7 @@ and on a hand-made case at the targets' edges."""
 from __future__ import annotations
 
 import pytest
+
 from pack_support import REPO_ROOT, load_script
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "h100_2026-11-22"

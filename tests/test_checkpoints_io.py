@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+
 import pytest
 import torch
 
 import fixtures_checkpoints as fx
-from unet_lab.unet_core.checkpoints.infer_config import (config_from_diffusers_json, config_from_diffusers_shapes,
-                                                         config_from_ldm_shapes, default_heads)
+from unet_lab.unet_core.checkpoints.infer_config import (
+    config_from_diffusers_json,
+    config_from_diffusers_shapes,
+    config_from_ldm_shapes,
+    default_heads,
+)
 from unet_lab.unet_core.checkpoints.keymap import convert_diffusers_to_ldm
 from unet_lab.unet_core.checkpoints.loader import load_unet
 from unet_lab.unet_core.checkpoints.safetensors_header import read_header

@@ -6,8 +6,12 @@ import pytest
 import torch
 
 from fixtures_checkpoints import REAL_KEYS, REAL_PARAMS_M, diffusers_meta_state_dict, diffusers_shapes
-from unet_lab.unet_core.checkpoints.keymap import (convert_diffusers_to_ldm, convert_ldm_to_diffusers,
-                                                   diffusers_to_ldm_keymap, ldm_to_diffusers_keymap)
+from unet_lab.unet_core.checkpoints.keymap import (
+    convert_diffusers_to_ldm,
+    convert_ldm_to_diffusers,
+    diffusers_to_ldm_keymap,
+    ldm_to_diffusers_keymap,
+)
 from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SD2_CONFIG, SDXL_CONFIG, UNetConfig
 from unet_lab.unet_core.errors import CheckpointError
 
@@ -128,7 +132,7 @@ def test_round_trip_with_real_tensors_reduced_config():
     from fixtures_checkpoints import diffusers_unet_kwargs
     sd = UNet2DConditionModel(**diffusers_unet_kwargs(config)).state_dict()
     ldm = convert_diffusers_to_ldm(sd, config)
-    assert all(ldm[l] is sd[d] for d, l in diffusers_to_ldm_keymap(config).items())
+    assert all(ldm[ldm_key] is sd[d] for d, ldm_key in diffusers_to_ldm_keymap(config).items())
     assert {k: v.data_ptr() for k, v in convert_ldm_to_diffusers(ldm, config).items()} == \
         {k: v.data_ptr() for k, v in sd.items()}
 

@@ -7,6 +7,7 @@ import logging
 
 import pytest
 import torch
+
 from fixtures_gates import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,10 +8,15 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from fixtures_diffusion import (TINY_SD1, TINY_SDXL, diffusers_twin, sdxl_inputs, write_tiny_unet)
+from fixtures_diffusion import TINY_SD1, TINY_SDXL, diffusers_twin, sdxl_inputs, write_tiny_unet
 from pack_support import node_result
-from unet_lab.nodes.diffusion import (NODE_CLASS_MAPPINGS, UNetLabInspectUNet, UNetLabLoadUNet, UNetLabSaveUNet,
-                                      UNetLabSwapUNet)
+from unet_lab.nodes.diffusion import (
+    NODE_CLASS_MAPPINGS,
+    UNetLabInspectUNet,
+    UNetLabLoadUNet,
+    UNetLabSaveUNet,
+    UNetLabSwapUNet,
+)
 from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SDXL_CONFIG
 from unet_lab.unet_core.diffusion.embeddings import sdxl_adm_embedding
 from unet_lab.unet_core.diffusion.swap import check_swap

@@ -7,9 +7,19 @@ import gc
 import pytest
 import torch
 
-from fixtures_diffusion import (TINY_SD1, TINY_SD1_INPAINT, TINY_SD2, TINY_SDXL, diffusers_kwargs,
-                                diffusers_twin, ldm_from_diffusers, private_ldm_from_diffusers,
-                                randomize_, sdxl_inputs, shared_keymap)
+from fixtures_diffusion import (
+    TINY_SD1,
+    TINY_SD1_INPAINT,
+    TINY_SD2,
+    TINY_SDXL,
+    diffusers_kwargs,
+    diffusers_twin,
+    ldm_from_diffusers,
+    private_ldm_from_diffusers,
+    randomize_,
+    sdxl_inputs,
+    shared_keymap,
+)
 from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SD2_CONFIG, SDXL_CONFIG
 from unet_lab.unet_core.diffusion.embeddings import sdxl_adm_embedding
 from unet_lab.unet_core.diffusion.unet import UNetModel

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+
 from pack_support import REPO_ROOT
 
 

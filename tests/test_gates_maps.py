@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from fixtures_gates import reference_energy_alpha, tiny_config
 
 

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+
 from fixtures_gates import reference_applied, reference_energy_alpha, tiny_config
 
 

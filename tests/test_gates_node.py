@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fixtures_gates import reference_energy_alpha, run, tiny_patcher, unet_inputs
 
+from fixtures_gates import reference_energy_alpha, run, tiny_patcher, unet_inputs
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures_gates.one_thread (a conftest plugin)
 

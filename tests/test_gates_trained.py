@@ -6,9 +6,10 @@ import json
 
 import pytest
 import torch
-from fixtures_gates import reference_additive_alpha, reference_applied, tiny_config
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from fixtures_gates import reference_additive_alpha, reference_applied, tiny_config
 
 
 def _random_gates(config, keys, norm=None, seed=0):

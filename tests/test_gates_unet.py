@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from fixtures_gates import (
     reference_additive_alpha,
     reference_applied,
@@ -13,7 +14,6 @@ from fixtures_gates import (
     tiny_patcher,
     unet_inputs,
 )
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures_gates.one_thread (a conftest plugin)
 

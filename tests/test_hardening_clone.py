@@ -14,10 +14,11 @@ import hashlib
 
 import pytest
 import torch
-from fixtures_hardening import load_unet_node, make_host, node_result, tiny_unet_config, tiny_unet_state_dict
-from fixtures_lora import make_lora
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from fixtures_hardening import load_unet_node, make_host, node_result, tiny_unet_config, tiny_unet_state_dict
+from fixtures_lora import make_lora
 
 OPS = ("lora", "bake", "gate", "swap", "save", "forward")
 
@@ -34,6 +35,7 @@ def _forward(model):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from safetensors.torch import save_file
+
     from unet_lab.nodes.host import use_host
     from unet_lab.unet_core.checkpoints.keymap import diffusers_to_ldm_keymap
     from unet_lab.unet_core.checkpoints.writer import save_unet

@@ -12,8 +12,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from fixtures_hardening import CASES, TARGETS, listing
 from hypothesis import HealthCheck, given, settings
+
+from fixtures_hardening import CASES, TARGETS, listing
 from pack_support import REPO_ROOT
 
 # what the fuzz examples write or try to write (escaping prefixes, work-file names)

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import pytest
+
 from fixtures_hardening import FAKE_NODES
 
 

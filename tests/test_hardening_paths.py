@@ -13,6 +13,7 @@ import os
 
 import pytest
 import torch
+
 from fixtures_hardening import (
     load_unet_node,
     make_host,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from fixtures_hardening import MarkerPayload, make_host, malicious_pickle, tiny_milesial_state_dict
 
 WRAPS = {

@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+
 from fixtures_hardening import (
     join_safetensors,
     load_unet_node,

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
+
 from fixtures_hardening import (
     load_unet_node,
     make_host,
@@ -22,7 +24,6 @@ from fixtures_hardening import (
     tiny_unet_config,
     tiny_unet_state_dict,
 )
-from PIL import Image
 
 
 def _files(folder: Path) -> dict[str, bytes]:

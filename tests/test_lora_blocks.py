@@ -36,7 +36,7 @@ def test_block_of(key, block):
 
 def _expected_from_vector(layout_ids, values, full_ids):
     weights = dict.fromkeys(full_ids, 1.0)
-    weights.update(zip(layout_ids, values))
+    weights.update(zip(layout_ids, values, strict=False))
     return weights
 
 
@@ -66,7 +66,7 @@ def test_named_presets_mean_what_they_say():
 def test_positional_vectors_full_and_short():
     full = [i / 100 for i in range(26)]
     got = parse_block_spec(",".join(map(str, full)), SD)
-    assert got == dict(zip(SD1_26, full))
+    assert got == dict(zip(SD1_26, full, strict=True))
     short = [0.5] * 12
     got = parse_block_spec(" ".join(map(str, short)), XL)
     assert all(got[b] == 0.5 for b in SDXL_12)

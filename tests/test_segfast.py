@@ -13,9 +13,10 @@ import logging
 
 import pytest
 import torch
-from fixtures_segmodels import make_state_dict, randomize_batchnorm_stats, smp_unet_resnet34_shapes
 from safetensors.torch import save_file
 from torch import nn
+
+from fixtures_segmodels import make_state_dict, randomize_batchnorm_stats, smp_unet_resnet34_shapes
 from unet_lab.unet_core.errors import InputError, SegmentationError
 from unet_lab.unet_core.segmentation import bn_folding, conv_relu, fast
 from unet_lab.unet_core.segmentation.checkpoint import load_segmentation

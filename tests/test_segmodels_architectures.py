@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from fixtures_segmodels import randomize_batchnorm_stats, template_cases
-
 from unet_lab.unet_core.errors import SegmentationError
 from unet_lab.unet_core.segmentation.checkpoint import SegmentationMeta, load_segmentation, save_segmentation
 from unet_lab.unet_core.segmentation.registry import ALL_ARCHITECTURES, ARCHITECTURES, build_model

@@ -15,12 +15,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from fixtures_segmodels import (make_milesial_state_dict, make_state_dict, milesial_reference_forward,
-                                milesial_shapes, randomize_batchnorm_stats, smp_unet_resnet34_shapes)
-
+from fixtures_segmodels import (
+    make_milesial_state_dict,
+    make_state_dict,
+    milesial_reference_forward,
+    milesial_shapes,
+    randomize_batchnorm_stats,
+    smp_unet_resnet34_shapes,
+)
 from unet_lab.unet_core.errors import SegmentationError
-from unet_lab.unet_core.segmentation.checkpoint import (SegmentationMeta, load_segmentation,
-                                                        save_segmentation)
+from unet_lab.unet_core.segmentation.checkpoint import SegmentationMeta, load_segmentation, save_segmentation
 from unet_lab.unet_core.segmentation.registry import build_model
 
 

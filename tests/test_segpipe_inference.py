@@ -84,7 +84,7 @@ def test_blending_is_the_weighted_mean_of_overlapping_tiles():
     window = gaussian_window(plan.tile_h, plan.tile_w)
     num = torch.zeros(height, width)
     den = torch.zeros(height, width)
-    for (y, x), out in zip(calls, outputs):
+    for (y, x), out in zip(calls, outputs, strict=True):
         num[y:y + tile, x:x + tile] += out[0] * window
         den[y:y + tile, x:x + tile] += window
     torch.testing.assert_close(got, num / den, atol=1e-6, rtol=1e-5)

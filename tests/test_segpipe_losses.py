@@ -10,8 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from unet_lab.unet_core.segmentation.augment import AugmentConfig, apply_displacement, augment_batch, elastic_field
-from unet_lab.unet_core.segmentation.losses import (border_weight_map, connected_components, distance_to,
-                                                    segmentation_loss)
+from unet_lab.unet_core.segmentation.losses import (
+    border_weight_map,
+    connected_components,
+    distance_to,
+    segmentation_loss,
+)
 from unet_lab.unet_core.segmentation.metrics import dice_score, iou_score
 
 
@@ -44,14 +48,14 @@ def _flood_components(mask, connectivity):
 
 
 def _same_partition(a, b):
-    pairs = set(zip(a.ravel().tolist(), b.ravel().tolist()))
+    pairs = set(zip(a.ravel().tolist(), b.ravel().tolist(), strict=True))
     return len(pairs) == len(set(a.ravel().tolist())) == len(set(b.ravel().tolist()))
 
 
 @pytest.mark.parametrize("connectivity", [4, 8])
 def test_connected_components_match_flood_fill(connectivity):
     rng = np.random.default_rng(0)
-    for trial in range(6):
+    for _ in range(6):
         mask = _random_mask(rng, (13, 17), 0.45)
         got, n = connected_components(mask, connectivity)
         ref, m = _flood_components(mask, connectivity)

@@ -9,9 +9,14 @@ import torch
 
 from fixtures_segpipe import PointwiseNet, plain_meta
 from pack_support import REPO_ROOT
-from unet_lab.nodes.segmentation import (NODE_CLASS_MAPPINGS, UNetLabLoadSegmentationUNet, UNetLabSaveSegmentationUNet,
-                                         UNetLabSegmentImage, UNetLabSyntheticSegmentationData,
-                                         UNetLabTrainSegmentationUNet)
+from unet_lab.nodes.segmentation import (
+    NODE_CLASS_MAPPINGS,
+    UNetLabLoadSegmentationUNet,
+    UNetLabSaveSegmentationUNet,
+    UNetLabSegmentImage,
+    UNetLabSyntheticSegmentationData,
+    UNetLabTrainSegmentationUNet,
+)
 from unet_lab.unet_core.errors import InputError
 from unet_lab.unet_core.segmentation.checkpoint import load_segmentation
 from unet_lab.unet_core.segmentation.inference import SegUNet

@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from fixtures_segmodels import randomize_batchnorm_stats
 from torch import nn
+
+from fixtures_segmodels import randomize_batchnorm_stats
 from unet_lab.unet_core.segmentation import bn_folding, conv_relu, fast, split_concat
 from unet_lab.unet_core.segmentation.registry import build_model
 

@@ -13,8 +13,9 @@ import math
 
 import pytest
 import torch
-from fixtures_segpipe import PointwiseNet, plain_meta
 from torch.overrides import TorchFunctionMode
+
+from fixtures_segpipe import PointwiseNet, plain_meta
 from unet_lab.unet_core.errors import InputError
 from unet_lab.unet_core.segmentation.device_io import RowWriter
 from unet_lab.unet_core.segmentation.inference import inspect_images, segment

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 import pytest
+
 import unet_lab
 from pack_support import REPO_ROOT
 

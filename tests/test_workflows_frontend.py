@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from fixtures_workflows import FRONTEND_PROMPTS
 from pack_support import REPO_ROOT
 from unet_lab.nodes.host.headless import node_classes

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pack_support import REPO_ROOT, load_script
 from PIL import Image
+
+from pack_support import REPO_ROOT, load_script
 from unet_lab import NODE_CLASS_MAPPINGS as PACK_NODES
 from unet_lab.nodes.host.headless import node_classes
 from unet_lab.unet_core.graph.execute import Executor

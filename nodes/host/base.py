@@ -80,7 +80,7 @@ class Host(ABC):
     def progress(self, total: int, node_id: str | None = None) -> ProgressCallback:
         """A callback ``(done, total, message)`` that shows progress to the user."""
 
-    def check_interrupted(self) -> None:
+    def check_interrupted(self) -> None:  # noqa: B027 - optional hook: a host without interruption keeps it
         """Raise if the user asked to stop; standalone runs are never interrupted."""
 
     # -- models --------------------------------------------------------------------

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..diffusion.config import UNetConfig
 from ..errors import CheckpointError
@@ -138,7 +139,7 @@ def config_from_diffusers_json(data: Mapping[str, Any]) -> UNetConfig:
         levels = len(chans)
         down = data.get("down_block_types") or ["CrossAttnDownBlock2D"] * (levels - 1) + ["DownBlock2D"]
         layers = _per_level(data.get("transformer_layers_per_block", 1), levels)
-        depths = tuple(int(n) if "CrossAttn" in t else 0 for n, t in zip(layers, down))
+        depths = tuple(int(n) if "CrossAttn" in t else 0 for n, t in zip(layers, down, strict=False))
         heads = data.get("num_attention_heads") or data.get("attention_head_dim", 8)
         heads = tuple(int(h) for h in _per_level(heads, levels))
         ctx = data.get("cross_attention_dim", 768)
@@ -214,7 +215,7 @@ def _unusable(config: UNetConfig) -> str | None:
     channels = config.block_out_channels
     if not isinstance(heads, tuple) or len(heads) != len(channels) or not all(map(_positive_int, heads)):
         return f"num_attention_heads {heads!r} is not one positive integer per level"
-    if not all(isinstance(c, int) and c % h == 0 for c, h in zip(channels, heads)):
+    if not all(isinstance(c, int) and c % h == 0 for c, h in zip(channels, heads, strict=True)):
         return f"num_attention_heads {list(heads)} do not divide block_out_channels {list(channels)}"
     groups = config.norm_num_groups
     if not _positive_int(groups) or not all(isinstance(c, int) and c % groups == 0 for c in channels):

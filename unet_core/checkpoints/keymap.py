@@ -11,8 +11,9 @@ shapes never need reshaping.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
-from typing import Iterable, Mapping, TypeVar
+from typing import TypeVar
 
 from ..diffusion.config import UNetConfig
 from ..errors import CheckpointError
@@ -73,13 +74,13 @@ def _module_map(config: UNetConfig) -> tuple[tuple[str, str, str], ...]:
     depths = config.transformer_layers_per_block
     rows: list[tuple[str, str, str]] = []
 
-    def leaf(d: str, l: str) -> None:
-        rows.append((d, l, "leaf"))
+    def leaf(d: str, ldm_key: str) -> None:
+        rows.append((d, ldm_key, "leaf"))
 
-    for d, l in _TOP.items():
+    for d, ldm_key in _TOP.items():
         if d.startswith("add_embedding") and config.addition_embed_type is None:
             continue
-        leaf(d, l)
+        leaf(d, ldm_key)
 
     # Down path.
     ch = chans[0]
@@ -87,9 +88,9 @@ def _module_map(config: UNetConfig) -> tuple[tuple[str, str, str], ...]:
         out_ch = chans[i]
         for j in range(L):
             ldm = 1 + i * (L + 1) + j
-            for d, l in _resnet_modules(f"down_blocks.{i}.resnets.{j}", f"input_blocks.{ldm}.0",
+            for d, ldm_key in _resnet_modules(f"down_blocks.{i}.resnets.{j}", f"input_blocks.{ldm}.0",
                                         shortcut=ch != out_ch).items():
-                leaf(d, l)
+                leaf(d, ldm_key)
             if depths[i]:
                 rows.append((f"down_blocks.{i}.attentions.{j}", f"input_blocks.{ldm}.1",
                              f"transformer:{depths[i]}"))
@@ -101,8 +102,8 @@ def _module_map(config: UNetConfig) -> tuple[tuple[str, str, str], ...]:
     mid_depth = config.mid_transformer_layers
     last = chans[-1]
     for j, slot in ((0, 0), (1, 2)):
-        for d, l in _resnet_modules(f"mid_block.resnets.{j}", f"middle_block.{slot}", shortcut=False).items():
-            leaf(d, l)
+        for d, ldm_key in _resnet_modules(f"mid_block.resnets.{j}", f"middle_block.{slot}", shortcut=False).items():
+            leaf(d, ldm_key)
     if mid_depth:
         rows.append(("mid_block.attentions.0", "middle_block.1", f"transformer:{mid_depth}"))
 
@@ -120,9 +121,9 @@ def _module_map(config: UNetConfig) -> tuple[tuple[str, str, str], ...]:
         for j in range(L + 1):
             ldm = i * (L + 1) + j
             skip = skips.pop()
-            for d, l in _resnet_modules(f"up_blocks.{i}.resnets.{j}", f"output_blocks.{ldm}.0",
+            for d, ldm_key in _resnet_modules(f"up_blocks.{i}.resnets.{j}", f"output_blocks.{ldm}.0",
                                         shortcut=(prev + skip) != out_ch).items():
-                leaf(d, l)
+                leaf(d, ldm_key)
             if depths[level]:
                 rows.append((f"up_blocks.{i}.attentions.{j}", f"output_blocks.{ldm}.1",
                              f"transformer:{depths[level]}"))
@@ -144,13 +145,13 @@ def _transformer_params(depth: int) -> list[str]:
 @lru_cache(maxsize=64)
 def _diffusers_to_ldm(config: UNetConfig) -> dict[str, str]:
     out: dict[str, str] = {}
-    for d, l, kind in _module_map(config):
+    for d, ldm_key, kind in _module_map(config):
         if kind == "leaf":
             for p in ("weight", "bias"):
-                out[f"{d}.{p}"] = f"{l}.{p}"
+                out[f"{d}.{p}"] = f"{ldm_key}.{p}"
         else:
             for p in _transformer_params(int(kind.split(":")[1])):
-                out[f"{d}.{p}"] = f"{l}.{p}"
+                out[f"{d}.{p}"] = f"{ldm_key}.{p}"
     return out
 
 
@@ -161,13 +162,13 @@ def diffusers_to_ldm_keymap(config: UNetConfig) -> dict[str, str]:
 
 def ldm_to_diffusers_keymap(config: UNetConfig) -> dict[str, str]:
     """The inverse of :func:`diffusers_to_ldm_keymap`."""
-    return {l: d for d, l in _diffusers_to_ldm(config).items()}
+    return {ldm_key: d for d, ldm_key in _diffusers_to_ldm(config).items()}
 
 
 @lru_cache(maxsize=64)
 def _prefix_maps(config: UNetConfig) -> tuple[dict[str, str], dict[str, str]]:
-    fwd = {d: l for d, l, _ in _module_map(config)}
-    return fwd, {l: d for d, l in fwd.items()}
+    fwd = {d: ldm_key for d, ldm_key, _ in _module_map(config)}
+    return fwd, {ldm_key: d for d, ldm_key in fwd.items()}
 
 
 def _rename(key: str, prefixes: Mapping[str, str]) -> str | None:

@@ -11,13 +11,18 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from ..errors import CheckpointError
-from .infer_config import (SHAPE_FIELDS, config_from_diffusers_json, config_from_diffusers_shapes,
-                           config_from_ldm_shapes, config_from_metadata)
+from .infer_config import (
+    SHAPE_FIELDS,
+    config_from_diffusers_json,
+    config_from_diffusers_shapes,
+    config_from_ldm_shapes,
+    config_from_metadata,
+)
 from .keymap import diffusers_to_ldm_keymap
 from .readers import PICKLE_SUFFIXES, load_pickle, read_diffusers_config, resolve_diffusers_folder
 from .safetensors_header import read_header

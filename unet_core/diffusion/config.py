@@ -58,12 +58,12 @@ class UNetConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "UNetConfig":
+    def from_dict(cls, data: dict[str, Any]) -> UNetConfig:
         known = {f for f in cls.__dataclass_fields__}
         kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
         return cls(**kwargs)
 
-    def with_(self, **changes: Any) -> "UNetConfig":
+    def with_(self, **changes: Any) -> UNetConfig:
         return replace(self, **changes)
 
 

@@ -122,7 +122,7 @@ class UNetPatcher:
     def model_size(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.diffusion_model.state_dict().values())
 
-    def clone(self) -> "UNetPatcher":
+    def clone(self) -> UNetPatcher:
         """A new patcher sharing the module and its weights, with its own patches and options."""
         n = UNetPatcher(self.model, self.load_device, self.offload_device)
         n.patches = {k: list(v) for k, v in self.patches.items()}
@@ -159,7 +159,7 @@ class UNetPatcher:
         self.patches_uuid = uuid.uuid4()
         return taken
 
-    def with_unet_weights(self, state_dict: dict[str, torch.Tensor]) -> "UNetPatcher":
+    def with_unet_weights(self, state_dict: dict[str, torch.Tensor]) -> UNetPatcher:
         """A clone whose UNet weights are ``state_dict``'s (bare LDM keys), as ComfyUI "set" patches.
 
         The "set" entries go first in each key's list, so patches already on the MODEL
@@ -319,11 +319,11 @@ def _swapped_tensors(slots: list[tuple[dict, str]], tensors: list[torch.Tensor])
     """Put ``tensors`` into their ``slots`` for the block, then put the originals back."""
     originals = [table[leaf] for table, leaf in slots]
     try:
-        for (table, leaf), tensor in zip(slots, tensors):
+        for (table, leaf), tensor in zip(slots, tensors, strict=True):
             table[leaf] = tensor
         yield
     finally:
-        for (table, leaf), original in zip(slots, originals):
+        for (table, leaf), original in zip(slots, originals, strict=True):
             table[leaf] = original
 
 

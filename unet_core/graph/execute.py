@@ -243,7 +243,7 @@ class Executor:
             return False
         data = gather_inputs(node.get("inputs") or {}, schema, node_id, None, prompt, extra)
         try:
-            result = map_over_lists(getattr(cls, "IS_CHANGED"), data, schema.input_is_list)
+            result = map_over_lists(cls.IS_CHANGED, data, schema.input_is_list)
         except Exception as error:  # ComfyUI: warn, and treat as always changed
             log.warning("node %s (%s): IS_CHANGED raised %s; the node will re-execute", node_id, schema.node_type, error)
             return _Unhashable()

@@ -157,7 +157,7 @@ def _widget_values(node: Mapping[str, Any], schema: NodeSchema) -> dict[str, Any
     elif len(values) != len(slots):
         log.warning("node %s (%s): %d widget values for %d widget slots; matching them in order",
                     node.get("id"), node.get("type"), len(values), len(slots))
-    for slot, value in zip(slots, values):
+    for slot, value in zip(slots, values, strict=False):  # a count mismatch was warned about above
         if slot is not _SKIP:
             result[slot] = value
     return result

@@ -222,7 +222,7 @@ class _Validator:
             chosen = {k: v for k, v in data.items() if k in fn_inputs or fn_kwargs}
             if "input_types" in fn_inputs:
                 chosen["input_types"] = [received_types]
-            results = map_over_lists(getattr(cls, "VALIDATE_INPUTS"), chosen, schema.input_is_list)
+            results = map_over_lists(cls.VALIDATE_INPUTS, chosen, schema.input_is_list)
             for name in chosen:
                 for result in results:
                     if result is not True:

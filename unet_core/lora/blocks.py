@@ -74,7 +74,7 @@ class BlockLayout:
     attention_outputs: tuple[int, ...]
 
     @classmethod
-    def from_config(cls, config: UNetConfig) -> "BlockLayout":
+    def from_config(cls, config: UNetConfig) -> BlockLayout:
         layers = config.layers_per_block
         levels = config.num_levels
         n_input = 1 + levels * layers + (levels - 1)        # conv_in, resnets(+attn), downsamplers

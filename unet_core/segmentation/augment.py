@@ -101,5 +101,5 @@ def augment_pair(image: torch.Tensor, mask: torch.Tensor, config: AugmentConfig,
 def augment_batch(images: torch.Tensor, masks: torch.Tensor, config: AugmentConfig,
                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """``augment_pair`` for each sample of images [B, C, H, W] and masks [B, H, W]."""
-    pairs = [augment_pair(i, m, config, generator) for i, m in zip(images, masks)]
+    pairs = [augment_pair(i, m, config, generator) for i, m in zip(images, masks, strict=True)]
     return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])

@@ -8,7 +8,7 @@ variant, and the pad/crop helpers that let every model take any image size.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

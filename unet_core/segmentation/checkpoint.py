@@ -19,9 +19,10 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -73,7 +74,7 @@ class SegmentationMeta:
     class_values: list | None = None
 
     @classmethod
-    def for_model(cls, model: SegmentationUNet, **fields: Any) -> "SegmentationMeta":
+    def for_model(cls, model: SegmentationUNet, **fields: Any) -> SegmentationMeta:
         """Meta matching ``model``'s config, with default class names and normalisation."""
         meta = cls(architecture=model.config["architecture"], hparams=model.hparams(), **fields)
         if "normalization" not in fields:

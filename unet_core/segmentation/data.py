@@ -37,7 +37,7 @@ class SegmentationDataset:
     def __len__(self) -> int:
         return len(self.images)
 
-    def subset(self, indices: list[int]) -> "SegmentationDataset":
+    def subset(self, indices: list[int]) -> SegmentationDataset:
         return SegmentationDataset([self.images[i] for i in indices], [self.masks[i] for i in indices],
                                    [self.names[i] for i in indices])
 

@@ -42,7 +42,7 @@ def connected_components(mask: np.ndarray, connectivity: int = 8) -> tuple[np.nd
         padded = np.concatenate([[False], mask[y], [False]]).astype(np.int8)
         edges = np.flatnonzero(np.diff(padded))
         ids = []
-        for start, end in zip(edges[0::2], edges[1::2]):
+        for start, end in zip(edges[0::2], edges[1::2], strict=True):
             ids.append(len(runs))
             runs.append((y, int(start), int(end)))
         row_runs.append(ids)
@@ -118,7 +118,7 @@ def border_weight_map(mask: np.ndarray, w0: float = 10.0, sigma: float = 5.0, cl
     if class_balance:
         classes, counts = np.unique(labels, return_counts=True)
         freq = counts / labels.size
-        for c, f in zip(classes, freq):
+        for c, f in zip(classes, freq, strict=True):
             weights[labels == c] = 1.0 / (len(classes) * f)
     objects, count = connected_components(labels > 0, connectivity)
     if count >= 2 and w0 != 0:

@@ -88,7 +88,7 @@ class ResNetEncoder(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         cin = 64
-        for index, (planes, count) in enumerate(zip((64, 128, 256, 512), counts), start=1):
+        for index, (planes, count) in enumerate(zip((64, 128, 256, 512), counts, strict=True), start=1):
             blocks = []
             for b in range(count):
                 stride = 2 if (b == 0 and index > 1) else 1

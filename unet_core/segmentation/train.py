@@ -133,7 +133,7 @@ def evaluate_dice(model: nn.Module, data: SegmentationDataset, mean: torch.Tenso
     model.eval()
     inter = total = 0.0
     try:
-        for image, mask in zip(data.images, data.masks):
+        for image, mask in zip(data.images, data.masks, strict=True):
             x = _normalise(image.permute(2, 0, 1)[None].to(device), mean.to(device), std.to(device))
             logits = model(x).float().cpu()[0]
             if classes == 1:
@@ -201,7 +201,7 @@ def _train(model: nn.Module, dataset: SegmentationDataset, config: TrainConfig,
         raise InputError(f"training: unknown schedule {config.schedule!r}; expected one of {list(SCHEDULES)}")
     if config.batch_size < 1 or config.lr <= 0:
         raise InputError("training: batch size must be >= 1 and the learning rate > 0")
-    for image, mask, name in zip(dataset.images, dataset.masks, dataset.names):
+    for image, mask, name in zip(dataset.images, dataset.masks, dataset.names, strict=True):
         if tuple(image.shape[:2]) != tuple(mask.shape):
             raise InputError(f"training: {name} is {image.shape[1]} x {image.shape[0]} px but its mask is "
                              f"{mask.shape[1]} x {mask.shape[0]} px")

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +70,7 @@ class UnetDecoder(nn.Module):
         ins = [enc[0]] + list(decoder_channels[:-1])
         skips = enc[1:] + [0]
         self.center = nn.Identity()
-        self.blocks = nn.ModuleList(DecoderBlock(i, s, o, mode) for i, s, o in zip(ins, skips, decoder_channels))
+        self.blocks = nn.ModuleList(DecoderBlock(i, s, o, mode) for i, s, o in zip(ins, skips, decoder_channels, strict=False))
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         sizes = [tuple(f.shape[-2:]) for f in features][::-1]

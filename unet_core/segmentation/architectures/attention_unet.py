@@ -86,5 +86,5 @@ class AttentionUNet(SegmentationUNet):
             maps.append(block.gate.attention(skip, h))
             h = block(h, skip)
         scale = [2 ** (depth - i) for i in range(1, depth + 1)]
-        out = [crop_to(a, (-(-size[0] // s), -(-size[1] // s))) for a, s in zip(maps, scale)]
+        out = [crop_to(a, (-(-size[0] // s), -(-size[1] // s))) for a, s in zip(maps, scale, strict=True)]
         return out[::-1]
