@@ -20,6 +20,11 @@ from .errors import UNetLabError
 log = logging.getLogger(__name__)
 
 
+# Whether ``torch.compile`` is tracing the caller right now (always False on a torch without ``torch.compiler``);
+# the function itself, not a wrapper, so hot paths pay one call.
+is_compiling: Callable[[], bool] = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """An allocator failure on any device (CUDA's OutOfMemoryError, or the host's message)."""
     oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)

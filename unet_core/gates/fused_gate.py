@@ -59,6 +59,8 @@ from typing import Any
 
 import torch
 
+from ..compiling import is_compiling
+
 log = logging.getLogger(__name__)
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -70,7 +72,6 @@ _NUM_WARPS = 4
 _C_LAUNCH_TRITON = ((3, 5), (3, 6))  # Triton versions whose C launch arguments ``_kept_launch`` knows
 _state: dict[str, Any] = {"kernels": None, "failed": False, "triton": None, "plans": {}, "scratch": {},
                           "one_gpu": None}
-_is_compiling: Callable[[], bool] = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
 # C++ references to a storage (every tensor on it, and its Python object if one is alive); None where missing
 _storage_use_count: Callable[[int], int] | None = getattr(torch._C, "_storage_Use_Count", None)
 
@@ -189,7 +190,7 @@ def tensors_allow_fusion(h: torch.Tensor, hsp: torch.Tensor) -> bool:
     gate), and not being traced by ``torch.compile``."""
     if torch.is_grad_enabled() and (h.requires_grad or hsp.requires_grad):
         return False
-    return not _is_compiling()
+    return not is_compiling()
 
 
 def _case_ok(h: torch.Tensor, hsp: torch.Tensor) -> bool:

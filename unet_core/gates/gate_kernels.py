@@ -29,7 +29,7 @@ def gate_kernel(x_ptr, g_ptr, out_ptr, scratch_ptr, coef_ptr, alpha_ptr, sync_pt
     PHASE 0 runs both in one launch: the programs of a sample meet at a barrier in between (two
     int32 per sample in ``sync``: an arrival count the last arrival resets, and a generation it
     then bumps while the others wait for it to move). That needs every program resident at once:
-    the caller launches it cooperatively with at most one program per SM. PHASE 1 then 2 is the
+    the caller launches it cooperatively with at most two programs per SM. PHASE 1 then 2 is the
     same work as two launches, without the barrier.
     """
     energy_ptr = scratch_ptr

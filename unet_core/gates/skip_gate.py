@@ -202,7 +202,7 @@ class SkipGatePatch:
         return tuple(values)
 
     def __deepcopy__(self, memo: dict) -> SkipGatePatch:
-        return self  # immutable; keeps the recorder shared across ModelPatcher.clone()
+        return self  # shared on purpose across ModelPatcher.clone(): the recorder and the fused gate's kept cases
 
     def alpha(self, block: SkipBlock, h: torch.Tensor, hsp: torch.Tensor) -> torch.Tensor | None:
         """``alpha`` for this block (in hsp's dtype), or None when a trained set has no gate for it."""

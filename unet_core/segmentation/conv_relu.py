@@ -12,15 +12,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..compiling import is_out_of_memory
+from ..compiling import is_compiling, is_out_of_memory
 from .bn_folding import has_hooks
 
 log = logging.getLogger(__name__)
-
-
-def _compiling() -> bool:
-    check = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return bool(check()) if check is not None else False
 
 
 class ConvReLU(nn.Module):
@@ -86,7 +81,7 @@ class ConvReLU(nn.Module):
         """Whether the fused kernel may be tried for ``x`` (CUDA, zero padding, eager)."""
         c = self.conv
         return (self.fused and x.is_cuda and c.padding_mode == "zeros" and not isinstance(c.padding, str)
-                and not _compiling())
+                and not is_compiling())
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         if self.fusable(x):
