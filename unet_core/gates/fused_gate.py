@@ -83,14 +83,15 @@ def triton_available() -> bool:
 
 
 def load_kernels(fresh: bool = False) -> SimpleNamespace:
-    """The gate kernel wrapped by ``triton.jit`` (built once; ``fresh`` rebuilds, e.g. after a
-    test set ``TRITON_INTERPRET=1`` to run them on CPU in Triton's interpreter)."""
+    """The gate kernel (``triton.jit`` wraps it when ``gate_kernels`` is imported; ``fresh``
+    re-imports that module, e.g. after a test set ``TRITON_INTERPRET=1`` to run it on CPU in
+    Triton's interpreter)."""
     if _state["kernels"] is None or fresh:
-        import triton
-
         from . import gate_kernels
 
-        _state["kernels"] = SimpleNamespace(gate=triton.jit(gate_kernels.gate_kernel))
+        if fresh:
+            gate_kernels = importlib.reload(gate_kernels)
+        _state["kernels"] = SimpleNamespace(gate=gate_kernels.gate_kernel)
         _state["plans"] = {}  # their kept launches belong to the old kernels
     return _state["kernels"]
 

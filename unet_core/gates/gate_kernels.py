@@ -1,8 +1,9 @@
 """Triton source of the fused parameter-free skip gate (one kernel, three phases; see ``fused_gate.py``).
 
 This module imports Triton at import time, so only ``fused_gate.load_kernels`` imports it,
-after checking Triton is there. The functions are plain Python here; ``load_kernels`` wraps
-them with ``triton.jit`` (so tests can build them for Triton's CPU interpreter).
+after checking Triton is there. Its functions are wrapped by ``triton.jit`` when the module is
+imported, so ``TRITON_INTERPRET=1`` set before then builds them for Triton's CPU interpreter
+(``load_kernels(fresh=True)`` re-imports the module for that).
 
 Layout: any "pixel-flat" strides: element ``(b, c, p)`` at ``b * s_b + c * s_c + p * s_p`` with
 ``p = y * W + x`` the flat pixel index, which holds for contiguous NCHW (``s_p = 1``) and for the
@@ -10,9 +11,24 @@ channels-last views SD's transformer blocks return (``s_c = 1``); the caller che
 specialises a stride of 1, so either layout gets contiguous (coalesced) loads.
 """
 
+import triton
 import triton.language as tl
 
 
+@triton.jit
+def channel_sum_of_squares(ptr, base, n_channels, stride_c, offs_p, stride_p, pmask,
+                           BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Per pixel of the tile, ``sum_c t[c, p]^2`` in fp32 for the map at ``ptr + base``."""
+    acc = tl.zeros([BLOCK_P], dtype=tl.float32)
+    for c0 in range(0, n_channels, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        ptrs = ptr + base + offs_c[:, None] * stride_c + offs_p[None, :] * stride_p
+        v = tl.load(ptrs, mask=(offs_c < n_channels)[:, None] & pmask[None, :], other=0.0).to(tl.float32)
+        acc += tl.sum(v * v, axis=0)
+    return acc
+
+
+@triton.jit
 def gate_kernel(x_ptr, g_ptr, out_ptr, scratch_ptr, coef_ptr, alpha_ptr, sync_ptr,
                 cx, cg, hw, n_tiles, partial_offset, sx_b, sx_c, sx_p, sg_b, sg_c, sg_p, sharpness, eps,
                 BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, WRITE_ALPHA: tl.constexpr,
@@ -39,20 +55,8 @@ def gate_kernel(x_ptr, g_ptr, out_ptr, scratch_ptr, coef_ptr, alpha_ptr, sync_pt
     offs_p = t * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = offs_p < hw
     if PHASE != 2:
-        acc_x = tl.zeros([BLOCK_P], dtype=tl.float32)
-        for c0 in range(0, cx, BLOCK_C):
-            offs_c = c0 + tl.arange(0, BLOCK_C)
-            ptrs = x_ptr + b * sx_b + offs_c[:, None] * sx_c + offs_p[None, :] * sx_p
-            v = tl.load(ptrs, mask=(offs_c < cx)[:, None] & pmask[None, :], other=0.0).to(tl.float32)
-            acc_x += tl.sum(v * v, axis=0)
-        acc_g = tl.zeros([BLOCK_P], dtype=tl.float32)
-        for c0 in range(0, cg, BLOCK_C):
-            offs_c = c0 + tl.arange(0, BLOCK_C)
-            ptrs = g_ptr + b * sg_b + offs_c[:, None] * sg_c + offs_p[None, :] * sg_p
-            v = tl.load(ptrs, mask=(offs_c < cg)[:, None] & pmask[None, :], other=0.0).to(tl.float32)
-            acc_g += tl.sum(v * v, axis=0)
-        e_x = tl.sqrt(acc_x)
-        e_g = tl.sqrt(acc_g)
+        e_x = tl.sqrt(channel_sum_of_squares(x_ptr, b * sx_b, cx, sx_c, offs_p, sx_p, pmask, BLOCK_C, BLOCK_P))
+        e_g = tl.sqrt(channel_sum_of_squares(g_ptr, b * sg_b, cg, sg_c, offs_p, sg_p, pmask, BLOCK_C, BLOCK_P))
         tl.store(energy_ptr + (2 * b) * hw + offs_p, e_x, mask=pmask)
         tl.store(energy_ptr + (2 * b + 1) * hw + offs_p, e_g, mask=pmask)
         # tile statistics, two-pass inside the tile (the values are in registers): mean and M2
