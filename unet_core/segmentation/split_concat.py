@@ -103,14 +103,13 @@ class SplitConcatUp(nn.Module):
         if self.gate is not None:
             skip, _ = self.gate(skip, deep)
         u = self._upsampled(deep)
+        t = self.skip_conv(skip)
         if u.shape[-2:] != skip.shape[-2:]:  # the original's padding: the bias is not in the pad
             if self.border is not None:
                 u = u + self.upsample.bias.view(1, -1, 1, 1).to(u.dtype)
             u = match_size(u, skip)
-            t = self.skip_conv(skip)
             merged = F.conv2d(u, self.merge.conv.weight, self.first_bias.to(u.dtype), 1, 1)
             return self.rest((merged + t).relu_())
-        t = self.skip_conv(skip)
         if self.border is not None:
             self.border.add_to(t)
         return self.rest(self.merge(u, t))
