@@ -102,6 +102,39 @@ def test_fused_gate_on_strided_layouts(interpreted, layout):
     torch.testing.assert_close(alpha.double(), want_alpha, rtol=0, atol=2e-6)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "mixed"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_fused_gate_writes_the_concatenation(interpreted, layout, dtype):
+    """``concat``: the output is ``torch.cat([h, m * hsp], 1)`` bitwise, with the strides
+    ``torch.cat`` gives, and ``h`` and ``hsp`` are left as they were."""
+    hsp = _features(2, 24, 9, 7, 11, offset=1.0).to(dtype)
+    h = _features(2, 40, 9, 7, 12).to(dtype)
+    if layout == "channels_last":
+        hsp, h = _channels_last_view(hsp), _channels_last_view(h)
+    elif layout == "mixed":
+        hsp = hsp.contiguous(memory_format=torch.channels_last)
+    before = (h.clone(), hsp.clone())
+    rows = [0.6, 0.0]
+    gated, _ = interpreted.fused_skip_gate(h, hsp, rows, sharpness=1.2, eps=1e-5)
+    joined, alpha = interpreted.fused_skip_gate(h, hsp, rows, sharpness=1.2, eps=1e-5, want_alpha=True, concat=True)
+    want = torch.cat([h, gated], 1)
+    assert joined.shape == want.shape and joined.stride() == torch.cat([h, hsp], 1).stride()
+    assert torch.equal(joined, want)
+    want_math, want_alpha = _reference(h.float(), hsp.float(), rows, 1.2)
+    tolerance = 2e-3 if dtype == torch.float16 else 1e-5
+    torch.testing.assert_close(joined[:, 40:].double(), want_math, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(alpha.double(), want_alpha, rtol=0, atol=tolerance)
+    assert torch.equal(h, before[0]) and torch.equal(hsp, before[1])
+
+
+def test_concatenation_of_mixed_dtypes_is_refused(interpreted):
+    """``torch.cat`` would promote ``h``: the fused gate does not write such a concatenation."""
+    hsp = _features(1, 8, 6, 6, 13).to(torch.float16)
+    h = _features(1, 8, 6, 6, 14)
+    assert interpreted.fused_skip_gate(h, hsp, [1.0], 1.0, 1e-5, concat=True) is None
+    assert interpreted.fused_skip_gate(h, hsp, [1.0], 1.0, 1e-5) is not None
+
+
 def test_unaligned_or_unaddressable_data_is_left_to_the_eager_path(interpreted):
     hsp = _features(1, 8, 6, 6, 8)
     transposed = _features(1, 8, 6, 6, 10).transpose(2, 3)  # pixels not in row-major order
@@ -137,6 +170,8 @@ def test_tile_statistics_do_not_cancel(interpreted):
 
 def test_patch_uses_fused_path_and_matches_eager(interpreted, monkeypatch):
     """The output_block_patch through the fused kernels gives the eager path's UNet output."""
+    from unet_lab.unet_core.diffusion import unet
+    from unet_lab.unet_core.diffusion.skip_concat import SKIP_CONCATENATION
     from unet_lab.unet_core.gates import skip_gate
     from unet_lab.unet_core.gates.apply import apply_skip_gate
 
@@ -152,11 +187,22 @@ def test_patch_uses_fused_path_and_matches_eager(interpreted, monkeypatch):
         calls.append(hsp.shape)
         return real(self, h, hsp, *args, **kw)
 
+    handed_over = []
+    real_concatenate = unet.concatenate_skip
+
+    def concatenate(h, hsp, options):
+        offered = options.get(SKIP_CONCATENATION)
+        joined = real_concatenate(h, hsp, options)
+        handed_over.append(offered is not None and joined is offered[2])
+        return joined
+
     monkeypatch.setattr(skip_gate, "fused_usable", lambda h, hsp: True)
     monkeypatch.setattr(interpreted.FusedSkipGate, "__call__", counting)
+    monkeypatch.setattr(unet, "concatenate_skip", concatenate)
     fused, fused_rec, _ = apply_skip_gate(model, tiny_config("sd1"), "sd1", **kwargs)
     got = run(fused, inputs, [1, 0])
     assert len(calls) == len(tiny_config("sd1").block_out_channels) * 2  # every output block, once
+    assert handed_over == [True] * len(calls)  # the kernel wrote every block's concatenation
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert not torch.equal(want, run(model, inputs, [1, 0]))  # the gate acted
     for block_id in eager_rec.blocks:

@@ -55,26 +55,26 @@ def test_spare_output_is_written_again_only_when_nothing_holds_it():
     output = fused_gate.FusedSkipGate._output
     hsp = torch.randn(2, 4, 3, 5).contiguous(memory_format=torch.channels_last)
     lane = SimpleNamespace(spare=None)
-    first = output(lane, hsp, True)
+    first = output(lane, hsp.shape, hsp.stride(), hsp, True)
     assert first.shape == hsp.shape and first.stride() == hsp.stride() and first.dtype == hsp.dtype
     held = first.data_ptr()
-    second = output(lane, hsp, True)  # ``first`` is still alive: a fresh buffer
+    second = output(lane, hsp.shape, hsp.stride(), hsp, True)  # ``first`` is still alive: a fresh buffer
     assert second.data_ptr() != held
     spare = lane.spare[0]
     assert second.data_ptr() == spare.data_ptr()  # the fresh one became the spare
     view = second[:, :2]  # a view outliving its tensor still holds the buffer
     del first, second
-    third = output(lane, hsp, True)
+    third = output(lane, hsp.shape, hsp.stride(), hsp, True)
     assert third.data_ptr() != spare.data_ptr()
     spare = lane.spare[0]
     del third, view
-    assert output(lane, hsp, True).data_ptr() == spare.data_ptr()  # nothing held it: reused
+    assert output(lane, hsp.shape, hsp.stride(), hsp, True).data_ptr() == spare.data_ptr()  # nothing held it: reused
     with torch.inference_mode():  # views of inference tensors keep no base, but they do hold the storage
         lane = SimpleNamespace(spare=None)
-        kept = output(lane, hsp, True)
+        kept = output(lane, hsp.shape, hsp.stride(), hsp, True)
         view = kept[0]
         del kept
-        assert output(lane, hsp, True).data_ptr() != view.data_ptr()
+        assert output(lane, hsp.shape, hsp.stride(), hsp, True).data_ptr() != view.data_ptr()
 
 
 def test_large_maps_get_a_fresh_output_every_call():
@@ -84,7 +84,7 @@ def test_large_maps_get_a_fresh_output_every_call():
 
     lane = SimpleNamespace(spare=None)
     hsp = torch.randn(1, 2, 4, 4)
-    first = fused_gate.FusedSkipGate._output(lane, hsp, False)
+    first = fused_gate.FusedSkipGate._output(lane, hsp.shape, hsp.stride(), hsp, False)
     assert lane.spare is None and first.shape == hsp.shape
 
 

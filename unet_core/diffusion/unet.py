@@ -18,6 +18,7 @@ from .attention import SpatialTransformer
 from .config import UNetConfig
 from .embeddings import timestep_embedding
 from .resblock import Downsample, ResBlock, Upsample
+from .skip_concat import SKIP_CONCATENATION, concatenate_skip
 
 
 class TimestepEmbedSequential(nn.Sequential):
@@ -127,7 +128,7 @@ class UNetModel(nn.Module):
         ``input_block_patch_after_skip(h, opts) -> h`` after each input block (before /
         after the skip is stored), ``middle_block_patch(h, opts) -> h`` after the middle
         block, ``output_block_patch(h, hsp, opts) -> (h, hsp)`` before each output block's
-        concatenation.
+        concatenation (which such a patch may make itself: ``skip_concat``).
         """
         options = dict(transformer_options or {})
         options["original_shape"] = list(x.shape)
@@ -167,9 +168,10 @@ class UNetModel(nn.Module):
         for idx, module in enumerate(self.output_blocks):
             options["block"] = ("output", idx)
             hsp = hs.pop()
+            options[SKIP_CONCATENATION] = None  # a patch may hand over the concatenation (skip_concat)
             for p in patches.get("output_block_patch", []):
                 h, hsp = p(h, hsp, options)
-            h = torch.cat([h, hsp], dim=1)
+            h = concatenate_skip(h, hsp, options)
             del hsp
             output_shape = tuple(hs[-1].shape) if hs else None
             h = module(h, emb, context, options, output_shape)

@@ -13,14 +13,25 @@ and tile of pixels does:
    ``k_b = c (1 - floor)`` per batch row (0 for rows of an unselected cond/uncond chunk, which
    are then multiplied by exactly 1) and ``out = m * hsp``.
 
+Each program steps through its channels 8192 elements (channel block x pixel block) at a time:
+the loops are latency-bound, and on an H200 steps of 2048 made the SD1 gates 1.6x slower
+(241 us against 150 us of GPU time per step, SDXL 278 against 198).
+
+Concatenation (``concat=True``): where the UNet takes the decoder's ``cat([h, hsp], 1)`` from
+the patch (``diffusion/skip_concat.py``; our UNet does, ComfyUI's does not), the output is that
+concatenation with ``m * hsp`` in place of ``hsp``: the statistics phase stores each block of
+``h`` it reads into the output's first channels, and the apply phase writes ``m * hsp`` after
+them, with the strides ``torch.cat`` would give. The gate then costs one kernel in place of the
+UNet's copy instead of one beside it.
+
 Small maps (``B * HW * (C_x + C_g)`` up to 2^23 elements: every SD1 block at 512 px, SDXL's
 32x32 level at 1024 px) run both in one launch: the programs of a sample meet at a barrier in
 between, which needs them all resident, so the launch is cooperative (the driver refuses it
 rather than let it deadlock) with at most two programs per SM. Larger maps run two launches
 (statistics, then apply): there the one-launch kernel, with few programs, costs more GPU time
-(H100: SDXL 128x128 level, 103 us against 65 us) than the launch it saves on the host. A case
-whose one-launch kernel cannot be launched, or does not give the two-launch output bitwise on
-its first call, runs two launches. ``UNET_LAB_FUSED_GATE=2`` forces two launches everywhere.
+(H100, steps of 2048 elements: SDXL 128x128 level, 103 us against 65 us) than the launch it
+saves on the host. A case whose one-launch kernel cannot be launched, or does not give the
+two-launch output bitwise on its first call, runs two launches. ``UNET_LAB_FUSED_GATE=2`` forces two launches everywhere.
 
 The math is that of ``skip_gate`` (its docstring), computed in fp32 and rounded once to the
 features' dtype, where the eager path rounds the maps to the features' dtype between steps; the
@@ -43,8 +54,8 @@ straight into the launcher's C function, with pointers as plain ints (the launch
 otherwise call ``data_ptr()`` and ask the driver about every tensor argument on every call).
 A :class:`FusedSkipGate` (one per patch) finds a call's case, its coefficients on the device and
 its fixed arguments with one dictionary lookup, and keeps a spare output buffer for one-launch
-maps (``FusedSkipGate._output``; each under 2^23 elements, about 27 MB at most for SD1 at 512 px,
-batch 2). Scratch and barrier buffers are per device and stream: work on one stream is ordered,
+maps (``FusedSkipGate._output``; each under 2^23 elements, under 16 MB for any SD1 block at
+512 px, batch 2, concatenation included). Scratch and barrier buffers are per device and stream: work on one stream is ordered,
 so a gate's kernels only start after the previous gate's.
 """
 
@@ -64,7 +75,7 @@ from ..compiling import is_compiling
 log = logging.getLogger(__name__)
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_ELEMENTS_PER_PROGRAM = 2048  # channel block x pixel block per program
+_ELEMENTS_PER_PROGRAM = 8192  # channel block x pixel block per program and loop step (2048: SD1 gates 1.6x slower)
 _MAX_TILES = 2048
 _PROGRAMS_PER_SM = 2  # one-launch gate: programs resident at once per SM (the barrier needs them all)
 _ONE_LAUNCH_MAX_ELEMENTS = 1 << 23  # B * HW * (C_x + C_g) up to this: one launch (measured, module doc)
@@ -194,19 +205,31 @@ def tensors_allow_fusion(h: torch.Tensor, hsp: torch.Tensor) -> bool:
     return not is_compiling()
 
 
-def _case_ok(h: torch.Tensor, hsp: torch.Tensor) -> bool:
-    """The once-per-case conditions of the module docstring."""
+def _case_ok(h: torch.Tensor, hsp: torch.Tensor, out: torch.Tensor | None) -> bool:
+    """The once-per-case conditions of the module docstring; ``out``: an empty tensor with the
+    output's layout (None where it cannot have one)."""
     if hsp.dim() != 4 or h.dim() != 4 or h.shape[0] != hsp.shape[0] or h.shape[2:] != hsp.shape[2:]:
         return False
-    if h.get_device() != hsp.get_device() or not (pixel_flat(hsp) and pixel_flat(h)):
+    if out is None or h.get_device() != hsp.get_device() or not (pixel_flat(hsp) and pixel_flat(h) and pixel_flat(out)):
         return False
     if hsp.dtype not in _DTYPES or h.dtype not in _DTYPES:
         return False
-    if max(_span(h), _span(hsp), h.numel(), hsp.numel()) >= 2**31:  # int32 offsets inside the kernels
-        return False
-    if torch.empty_like(hsp).stride() != hsp.stride():  # the output is written with hsp's strides
+    if max(_span(h), _span(hsp), _span(out), h.numel(), hsp.numel(), out.numel()) >= 2**31:  # int32 offsets
         return False
     return os.environ.get("UNET_LAB_FUSED_GATE", "1") != "0" and triton_available()
+
+
+def _output_layout(h: torch.Tensor, hsp: torch.Tensor, concat: bool) -> torch.Tensor | None:
+    """An empty meta tensor with the output's shape, dtype and strides: ``hsp``'s (which
+    ``empty_like`` must keep: the kernel writes the output with them), or with ``concat``
+    those ``torch.cat([h, hsp], 1)`` gives (computed on meta tensors: no device work)."""
+    x = torch.empty_strided(hsp.shape, hsp.stride(), dtype=hsp.dtype, device="meta")
+    if not concat:
+        return x if torch.empty_like(x).stride() == x.stride() else None
+    if h.dtype != hsp.dtype:  # cat would promote: not a plain copy of h
+        return None
+    g = torch.empty_strided(h.shape, h.stride(), dtype=h.dtype, device="meta")
+    return torch.cat([g, x], 1)
 
 
 def _span(t: torch.Tensor) -> int:
@@ -243,10 +266,12 @@ def _multiprocessors(device_index: int) -> int:
     return int(torch.cuda.get_device_properties(device_index).multi_processor_count)
 
 
-def _new_plan(key: tuple, h: torch.Tensor, hsp: torch.Tensor, want_alpha: bool) -> SimpleNamespace:
+def _new_plan(key: tuple, h: torch.Tensor, hsp: torch.Tensor, want_alpha: bool, concat: bool) -> SimpleNamespace:
     """Grid, sizes and scalar arguments of one case (``key``), made once: one launch (PHASE 0) for
-    maps small enough that it pays (module docstring), else two (PHASE 1, then 2)."""
-    if not _case_ok(h, hsp):
+    maps small enough that it pays (module docstring), else two (PHASE 1, then 2). ``concat``:
+    the output is ``cat([h, m * hsp], 1)`` (``h`` copied by the statistics phase as it reads it)."""
+    layout = _output_layout(h, hsp, concat)
+    if not _case_ok(h, hsp, layout):
         plan = _state["plans"][key] = SimpleNamespace(ok=False)
         return plan
     batch, cx, height, width = hsp.shape
@@ -262,19 +287,21 @@ def _new_plan(key: tuple, h: torch.Tensor, hsp: torch.Tensor, want_alpha: bool) 
         bp = block_pixels(hw)
         n_tiles = -(-hw // bp)
     partial_offset = batch * 2 * hw
-    sx, sg = hsp.stride(), h.stride()
+    sx, sg, so = hsp.stride(), h.stride(), layout.stride()
     stream = None
     if device_index >= 0:
         import triton
 
         stream = triton.runtime.driver.active.get_current_stream
     constexprs = {"BLOCK_P": bp, "BLOCK_C": max(2, _ELEMENTS_PER_PROGRAM // bp), "BLOCK_T": _next_pow2(n_tiles),
-                  "WRITE_ALPHA": bool(want_alpha)}
+                  "WRITE_ALPHA": bool(want_alpha), "COPY_G": bool(concat)}
     return _state["plans"].setdefault(key, SimpleNamespace(
         ok=n_tiles <= _MAX_TILES, device_index=device_index, current_stream=stream, single=single,
         scratch=partial_offset + batch * n_tiles * 4, sync=2 * batch, grid=(batch, n_tiles, 1),
-        scalars=(cx, h.shape[1], hw, n_tiles, partial_offset, sx[0], sx[1], sx[3], sg[0], sg[1], sg[3]),
-        constexprs=constexprs, launches=None))
+        scalars=(cx, h.shape[1], hw, n_tiles, partial_offset, sx[0], sx[1], sx[3], sg[0], sg[1], sg[3],
+                 so[0], so[1], so[3]),
+        constexprs=constexprs, launches=None, concat=concat, out_shape=layout.shape, out_stride=so,
+        x_channel=h.shape[1] if concat else 0, x_offset=(h.shape[1] * so[1] * hsp.element_size()) if concat else 0))
 
 
 def _bind(plan: SimpleNamespace, args: tuple, phase: int) -> Any:
@@ -284,10 +311,23 @@ def _bind(plan: SimpleNamespace, args: tuple, phase: int) -> Any:
     return load_kernels().gate[plan.grid](*args, **plan.constexprs, PHASE=phase, num_warps=_NUM_WARPS, **options)
 
 
-def _first_launch(plan: SimpleNamespace, args: tuple, out: torch.Tensor, stream: Any) -> None:
-    """Run the gate through Triton's binding in two launches (the reference), then find the
-    fastest way to launch this case that gives the same output bitwise, and keep it on the plan:
-    one cooperative launch, or the two with a direct launcher, or Triton's runner."""
+def _tensor_args(plan: SimpleNamespace, h: torch.Tensor, hsp: torch.Tensor, out: torch.Tensor,
+                 scratch: torch.Tensor, coefficients: torch.Tensor, alpha: torch.Tensor | None, sync: torch.Tensor,
+                 tail: tuple) -> tuple:
+    """The kernel's arguments with tensors: ``m * hsp`` goes to ``out`` (with ``concat``, to its
+    channels after ``h``'s, and ``h`` to its first ones); unused pointers get the scratch."""
+    x_out = out.narrow(1, plan.x_channel, hsp.shape[1]) if plan.concat else out
+    return (hsp, h, x_out, scratch, coefficients, scratch if alpha is None else alpha, sync,
+            out if plan.concat else scratch, *tail)
+
+
+def _first_launch(plan: SimpleNamespace, make_args: Callable[[torch.Tensor], tuple], out: torch.Tensor,
+                  stream: Any) -> None:
+    """Run the gate through Triton's binding in two launches (the reference) into ``out``, then
+    find the fastest way to launch this case that gives the same output bitwise, and keep it on
+    the plan: one cooperative launch, or the two with a direct launcher, or Triton's runner.
+    ``make_args(output)``: the kernel's tensor arguments for an output tensor."""
+    args = make_args(out)
     two = [_bind(plan, args, phase) for phase in (1, 2)]
     kept = [_kept_launch(compiled, plan.grid) for compiled in two]
     if any(k is None for k in kept):  # the interpreter: bind on every call
@@ -295,10 +335,11 @@ def _first_launch(plan: SimpleNamespace, args: tuple, out: torch.Tensor, stream:
     values = tuple(plan.constexprs.values())
     candidates = []
     trial = torch.empty_like(out)
-    trial_args = _as_pointers(args[:2] + (trial,) + args[3:])  # kept launches are given pointers
+    trial_tensors = make_args(trial)
+    trial_args = _as_pointers(trial_tensors)  # kept launches are given pointers
     if plan.single:
         try:
-            one = _kept_launch(_bind(plan, args[:2] + (trial,) + args[3:], 0), plan.grid)
+            one = _kept_launch(_bind(plan, trial_tensors, 0), plan.grid)
             if one is not None:
                 candidates.append([(one[0], values + (0,))])
         except Exception as exc:  # noqa: BLE001 - no cooperative launch here: two launches
@@ -333,10 +374,10 @@ class FusedSkipGate:
         self._cases: dict[tuple, SimpleNamespace] = {}
 
     def _new_case(self, key: tuple, h: torch.Tensor, hsp: torch.Tensor, rows: tuple[float, ...],
-                  want_alpha: bool) -> SimpleNamespace:
-        plan_key = key[:8] + (want_alpha,)
+                  want_alpha: bool, concat: bool) -> SimpleNamespace:
+        plan_key = key[:8] + (want_alpha, concat)
         load_kernels()  # first: building the kernels starts a fresh table of plans
-        plan = _state["plans"].get(plan_key) or _new_plan(plan_key, h, hsp, want_alpha)
+        plan = _state["plans"].get(plan_key) or _new_plan(plan_key, h, hsp, want_alpha, concat)
         if not plan.ok or len(rows) != hsp.shape[0]:
             return self._cases.setdefault(key, SimpleNamespace(ok=False))
         coefficients = torch.tensor(rows, dtype=torch.float32, device=hsp.device)
@@ -356,8 +397,9 @@ class FusedSkipGate:
         return case.lanes.setdefault(stream, lane)
 
     @staticmethod
-    def _output(lane: SimpleNamespace, hsp: torch.Tensor, keep_spare: bool) -> torch.Tensor:
-        """A tensor for the output, with ``hsp``'s shape, dtype and strides.
+    def _output(lane: SimpleNamespace, shape: tuple[int, ...], stride: tuple[int, ...], like: torch.Tensor,
+                keep_spare: bool) -> torch.Tensor:
+        """A tensor for the output: ``shape`` and ``stride``, ``like``'s dtype and device.
 
         Where the gate is launch-bound (``keep_spare``: one-launch maps) the allocation is a
         visible share of its host time, so the lane keeps a spare buffer and hands out an alias
@@ -369,19 +411,19 @@ class FusedSkipGate:
         spare = lane.spare
         if spare is not None and _storage_use_count(spare[2]) == spare[3]:
             return spare[0].detach()
-        out = torch.empty_like(hsp)
+        out = torch.empty_strided(shape, stride, dtype=like.dtype, device=like.device)
         if not keep_spare or _storage_use_count is None:
             return out
         storage = out.untyped_storage()  # held with the spare: its reference stays in the count
         lane.spare = (out, storage, storage._cdata, _storage_use_count(storage._cdata))
         return out.detach()
 
-    def __call__(self, h: torch.Tensor, hsp: torch.Tensor, rows: tuple[float, ...],
-                 want_alpha: bool = False) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    def __call__(self, h: torch.Tensor, hsp: torch.Tensor, rows: tuple[float, ...], want_alpha: bool = False,
+                 concat: bool = False) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         key = (hsp.shape, hsp.stride(), h.shape, h.stride(), hsp.dtype, h.dtype, hsp.get_device(), h.get_device(),
-               rows, want_alpha)
+               rows, want_alpha, concat)
         try:
-            case = self._cases.get(key) or self._new_case(key, h, hsp, rows, want_alpha)
+            case = self._cases.get(key) or self._new_case(key, h, hsp, rows, want_alpha, concat)
             if not case.ok:
                 return None
             x_ptr, g_ptr = hsp.data_ptr(), h.data_ptr()
@@ -390,16 +432,18 @@ class FusedSkipGate:
             plan = case.plan
             stream = plan.current_stream(plan.device_index) if plan.current_stream is not None else None
             lane = case.lanes.get(stream) or self._new_lane(case, stream)
-            out = self._output(lane, hsp, plan.single)
+            out = self._output(lane, plan.out_shape, plan.out_stride, hsp, plan.single)
             alpha = torch.empty(hsp.shape[0], 1, *hsp.shape[2:], dtype=hsp.dtype, device=hsp.device) if want_alpha else None
             if case.launches is None:
                 self._bound_call(case, lane, h, hsp, out, alpha, stream)
             else:  # kept launches take pointers: the tensors were checked above, the launcher need not
                 alpha_ptr = alpha.data_ptr() if want_alpha else lane.scratch_ptr
                 out_ptr = out.data_ptr()
+                g_out_ptr = out_ptr if concat else lane.scratch_ptr
+                out_ptr += plan.x_offset
                 for launch, tail in case.launches:
                     launch(stream, x_ptr, g_ptr, out_ptr, lane.scratch_ptr, case.coefficients_ptr, alpha_ptr,
-                           lane.sync_ptr, *tail)
+                           lane.sync_ptr, g_out_ptr, *tail)
         except Exception as exc:  # noqa: BLE001 - any launch failure falls back to the eager gate
             _state["failed"] = True
             log.warning("fused skip gate unavailable (%s: %s); using the eager gate", type(exc).__name__,
@@ -414,18 +458,20 @@ class FusedSkipGate:
         kept launches of a plan another case picked them for (then kept on this case too), or,
         in Triton's interpreter, every call."""
         plan = case.plan
-        args = (hsp, h, out, lane.scratch, case.coefficients, lane.scratch if alpha is None else alpha, lane.sync,
-                *case.tail)
+
+        def make_args(output: torch.Tensor) -> tuple:
+            return _tensor_args(plan, h, hsp, output, lane.scratch, case.coefficients, alpha, lane.sync, case.tail)
+
         if plan.launches is None:
-            _first_launch(plan, args, out, stream)
+            _first_launch(plan, make_args, out, stream)
         else:
             for launch, values in plan.launches:
-                launch(stream, *_as_pointers(args), *values)
+                launch(stream, *_as_pointers(make_args(out)), *values)
         if plan.launches is not None:
             case.launches = [(launch, case.tail + values) for launch, values in plan.launches]
 
 
 def fused_skip_gate(h: torch.Tensor, hsp: torch.Tensor, rows: tuple[float, ...], sharpness: float, eps: float,
-                    want_alpha: bool = False) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+                    want_alpha: bool = False, concat: bool = False) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """One call of a fresh :class:`FusedSkipGate` (what tests and one-off callers need)."""
-    return FusedSkipGate(sharpness, eps)(h, hsp, tuple(float(k) for k in rows), want_alpha)
+    return FusedSkipGate(sharpness, eps)(h, hsp, tuple(float(k) for k in rows), want_alpha, concat)

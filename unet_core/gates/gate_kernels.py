@@ -17,22 +17,28 @@ import triton.language as tl
 
 @triton.jit
 def channel_sum_of_squares(ptr, base, n_channels, stride_c, offs_p, stride_p, pmask,
-                           BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Per pixel of the tile, ``sum_c t[c, p]^2`` in fp32 for the map at ``ptr + base``."""
+                           copy_ptr, copy_base, copy_stride_c, copy_stride_p,
+                           BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, COPY: tl.constexpr):
+    """Per pixel of the tile, ``sum_c t[c, p]^2`` in fp32 for the map at ``ptr + base``; with
+    ``COPY``, the values read are also stored unchanged at ``copy_ptr + copy_base`` (own strides)."""
     acc = tl.zeros([BLOCK_P], dtype=tl.float32)
     for c0 in range(0, n_channels, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
-        ptrs = ptr + base + offs_c[:, None] * stride_c + offs_p[None, :] * stride_p
-        v = tl.load(ptrs, mask=(offs_c < n_channels)[:, None] & pmask[None, :], other=0.0).to(tl.float32)
+        mask = (offs_c < n_channels)[:, None] & pmask[None, :]
+        v = tl.load(ptr + base + offs_c[:, None] * stride_c + offs_p[None, :] * stride_p, mask=mask, other=0.0)
+        if COPY:
+            tl.store(copy_ptr + copy_base + offs_c[:, None] * copy_stride_c + offs_p[None, :] * copy_stride_p, v,
+                     mask=mask)
+        v = v.to(tl.float32)
         acc += tl.sum(v * v, axis=0)
     return acc
 
 
 @triton.jit
-def gate_kernel(x_ptr, g_ptr, out_ptr, scratch_ptr, coef_ptr, alpha_ptr, sync_ptr,
-                cx, cg, hw, n_tiles, partial_offset, sx_b, sx_c, sx_p, sg_b, sg_c, sg_p, sharpness, eps,
-                BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, WRITE_ALPHA: tl.constexpr,
-                PHASE: tl.constexpr):
+def gate_kernel(x_ptr, g_ptr, out_ptr, scratch_ptr, coef_ptr, alpha_ptr, sync_ptr, g_out_ptr,
+                cx, cg, hw, n_tiles, partial_offset, sx_b, sx_c, sx_p, sg_b, sg_c, sg_p, so_b, so_c, so_p,
+                sharpness, eps, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr,
+                WRITE_ALPHA: tl.constexpr, COPY_G: tl.constexpr, PHASE: tl.constexpr):
     """One program per (sample b, tile t of BLOCK_P pixels).
 
     Statistics (PHASE 0 and 1): per pixel e_x = ||x[b, :, p]||, e_g = ||g[b, :, p]|| (fp32) into
@@ -40,8 +46,10 @@ def gate_kernel(x_ptr, g_ptr, out_ptr, scratch_ptr, coef_ptr, alpha_ptr, sync_pt
     one fp32 scratch buffer (energy first, partial from ``partial_offset``).
     Apply (PHASE 0 and 2): combine the tile statistics (Chan et al.'s parallel variance),
     standardise both maps, ``alpha = sigmoid(sharpness (x^ + g^))``, ``m = 1 - k_b + k_b alpha``,
-    ``out = m * x`` over every channel of the tile (``out`` has ``x``'s strides); alpha
+    ``out = m * x`` over every channel of the tile (``out`` with strides ``so_*``); alpha
     (contiguous [B, 1, H, W]) too if asked.
+    ``COPY_G``: the statistics phase also copies ``g`` to ``g_out`` (strides ``so_*``) as it reads
+    it; with ``out`` the channels after ``g_out``'s, that writes ``cat([g, m * x], 1)``.
     PHASE 0 runs both in one launch: the programs of a sample meet at a barrier in between (two
     int32 per sample in ``sync``: an arrival count the last arrival resets, and a generation it
     then bumps while the others wait for it to move). That needs every program resident at once:
@@ -55,8 +63,10 @@ def gate_kernel(x_ptr, g_ptr, out_ptr, scratch_ptr, coef_ptr, alpha_ptr, sync_pt
     offs_p = t * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = offs_p < hw
     if PHASE != 2:
-        e_x = tl.sqrt(channel_sum_of_squares(x_ptr, b * sx_b, cx, sx_c, offs_p, sx_p, pmask, BLOCK_C, BLOCK_P))
-        e_g = tl.sqrt(channel_sum_of_squares(g_ptr, b * sg_b, cg, sg_c, offs_p, sg_p, pmask, BLOCK_C, BLOCK_P))
+        e_x = tl.sqrt(channel_sum_of_squares(x_ptr, b * sx_b, cx, sx_c, offs_p, sx_p, pmask,
+                                             x_ptr, 0, 0, 0, BLOCK_C, BLOCK_P, False))
+        e_g = tl.sqrt(channel_sum_of_squares(g_ptr, b * sg_b, cg, sg_c, offs_p, sg_p, pmask,
+                                             g_out_ptr, b * so_b, so_c, so_p, BLOCK_C, BLOCK_P, COPY_G))
         tl.store(energy_ptr + (2 * b) * hw + offs_p, e_x, mask=pmask)
         tl.store(energy_ptr + (2 * b + 1) * hw + offs_p, e_g, mask=pmask)
         # tile statistics, two-pass inside the tile (the values are in registers): mean and M2
@@ -110,6 +120,6 @@ def gate_kernel(x_ptr, g_ptr, out_ptr, scratch_ptr, coef_ptr, alpha_ptr, sync_pt
         for c0 in range(0, cx, BLOCK_C):
             offs_c = c0 + tl.arange(0, BLOCK_C)
             mask = (offs_c < cx)[:, None] & pmask[None, :]
-            offs = b * sx_b + offs_c[:, None] * sx_c + offs_p[None, :] * sx_p
-            v = tl.load(x_ptr + offs, mask=mask, other=0.0)
-            tl.store(out_ptr + offs, (v.to(tl.float32) * m[None, :]).to(out_ptr.dtype.element_ty), mask=mask)
+            v = tl.load(x_ptr + b * sx_b + offs_c[:, None] * sx_c + offs_p[None, :] * sx_p, mask=mask, other=0.0)
+            tl.store(out_ptr + b * so_b + offs_c[:, None] * so_c + offs_p[None, :] * so_p,
+                     (v.to(tl.float32) * m[None, :]).to(out_ptr.dtype.element_ty), mask=mask)

@@ -31,7 +31,9 @@ per entry of ``transformer_options["cond_or_uncond"]`` (0 = cond, 1 = uncond); w
 such entry the whole batch counts as one cond chunk.
 
 Cost per gated block: on CUDA with Triton, one fused kernel in one launch (two for large maps;
-``fused_gate.py``); elsewhere, for trained gates, and as the reference, 10 eager kernels: two
+``fused_gate.py``), which in our UNet also writes the block's ``cat([h, hsp], 1)`` and returns
+``h`` and ``hsp`` as its two views, so the UNet does not copy them again (``skip_concat``);
+elsewhere, for trained gates, and as the reference, 10 eager kernels: two
 channel reductions written into one [B, 2, H, W] buffer, one instance norm (3 kernels), add,
 sigmoid, one lerp for the applied map and one multiply of ``hsp``. No host sync after a case's
 first call, no copy of the features.
@@ -47,6 +49,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..diffusion.skip_concat import SKIP_CONCATENATION
 from ..errors import GateError
 from .fused_gate import FusedSkipGate, fused_usable
 from .levels import SkipBlock, parse_level_strengths, parse_levels, skip_blocks
@@ -225,13 +228,19 @@ class SkipGatePatch:
             return h, hsp
         block = s.blocks[block_id]
         if acts and self.fused and self.trained is None and fused_usable(h, hsp):
+            # where the UNet takes the concatenation from a patch, the kernel writes it (skip_concat)
+            concat = SKIP_CONCATENATION in transformer_options and h.dtype == hsp.dtype
             fused = self._fused_gate(h, hsp, self._row_coefficients(hsp.shape[0], coefficient, skipped),
-                                     want_alpha=self.recorder is not None)
+                                     want_alpha=self.recorder is not None, concat=concat)
             if fused is not None:
                 out, alpha = fused
                 if self.recorder is not None:
                     self.recorder.record(block, alpha, s.floor, transformer_options.get("cond_or_uncond"))
-                return h, out
+                if not concat:
+                    return h, out
+                h, hsp = out.split_with_sizes((h.shape[1], hsp.shape[1]), 1)  # one call for both views
+                transformer_options[SKIP_CONCATENATION] = (h, hsp, out)
+                return h, hsp
         alpha = self.alpha(block, h, hsp)
         if alpha is None:
             return h, hsp
