@@ -3,8 +3,9 @@
 A real-shape SD1 UNet in fp16 (686 tensors, 859.5 M parameters, 1.72 GB, random bytes), then an
 SDXL one (1680 tensors, 2567.5 M parameters, 5.14 GB), is written to a temporary folder, read once so the page cache is warm, then loaded by each
 contender in its own fresh subprocess (so ``VmHWM``, the peak resident set from
-``/proc/self/status``, belongs to that contender alone). Contenders alternate
-(ours, reference, ours, ...) so drift hits both alike; each subprocess loads the file
+``/proc/self/status``, belongs to that contender alone). Contenders alternate, and which one
+goes first alternates from round to round (ours, reference; reference, ours; ...), so drift
+and whatever the previous subprocess left behind hit both alike; each subprocess loads the file
 once untimed (warm-up), then several times timed, and the medians are reported. Our
 header cache is cleared before each timed load, so every load of ours parses the header.
 
@@ -187,8 +188,8 @@ def sniff_timings(repeats: int = 7) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3, help="subprocesses per contender (alternating)")
-    ap.add_argument("--repeats", type=int, default=3, help="loads per subprocess")
+    ap.add_argument("--rounds", type=int, default=5, help="subprocesses per contender (alternating)")
+    ap.add_argument("--repeats", type=int, default=5, help="loads per subprocess")
     ap.add_argument("--touch", choices=("pages", "clone"), default="pages")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
     ap.add_argument("--keep", type=Path, default=None, help="use/keep this file instead of a temp one")
@@ -236,8 +237,8 @@ def bench_family(family: str, args: argparse.Namespace) -> dict:
 
     results: dict[str, list[dict]] = {"ours": [], "reference": []}
     try:
-        for _ in range(args.rounds):
-            for which in ("ours", "reference"):
+        for round_index in range(args.rounds):
+            for which in ("ours", "reference") if round_index % 2 == 0 else ("reference", "ours"):
                 out = subprocess.run([sys.executable, __file__, "--child", which, "--path", str(path),
                                       "--repeats", str(args.repeats), "--touch", args.touch],
                                      capture_output=True, text=True, check=True)
