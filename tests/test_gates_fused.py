@@ -4,6 +4,7 @@ process may already have happened (torch and diffusers import it on their own)."
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -114,3 +115,19 @@ def test_c_level_launch_only_where_its_argument_list_is_known(monkeypatch):
     for version in ((3, 4), (3, 7), (3, 9), (4, 0)):
         monkeypatch.setattr(fused_gate, "_triton_minor", lambda version=version: version)
         assert fused_gate._c_launch(plain) is None
+
+
+def test_gpu_check_script_runs_its_checks_in_the_interpreter(tmp_path):
+    """``benchmarks/check_skip_gate.py`` (the fused gate against the eager one, case by case, on the
+    GPU machine) runs on CPU through Triton's interpreter, and its checks pass there."""
+    pytest.importorskip("triton")
+    out = tmp_path / "check.json"
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "check_skip_gate.py"), "--device", "cpu",
+                             "--dtypes", "float16", "--json", str(out)],
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cases = json.loads(out.read_text())["cases"]
+    assert len(cases) == 6 and all(c["ok"] for c in cases)
+    assert all(c["joined_h_bitwise"] and c["joined_strides_as_cat"] and c["kept_launches_bitwise"] for c in cases)
+    assert all(0 < c["eager_max_abs_diff"] <= c["eager_tolerance"] for c in cases)  # compared, and close
