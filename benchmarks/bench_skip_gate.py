@@ -9,6 +9,10 @@ paired: the median over rounds of (variant step / unpatched step of the same rou
 ratio of the medians and of the 10th percentiles are printed beside it. The GPU kernel time per
 step (torch.profiler) is given too: it is free of host jitter. Goal: overhead <= 3 %.
 
+"gate all levels": the gate writes each block's concatenation, which our UNet takes from it
+(``diffusion/skip_concat.py``); "gate all levels, UNet concatenates": the same gate called as
+ComfyUI's UNet calls it, without that offer, so the UNet copies ``h`` and ``m * hsp`` itself.
+
     python benchmarks/bench_skip_gate.py --device cuda --json results.json
     python benchmarks/bench_skip_gate.py --quick            # CPU smoke run on reduced configs
 """
@@ -46,6 +50,19 @@ def _configs(quick: bool):
     return {"sd1": (sd1, 32), "sdxl": (sdxl, 32)}
 
 
+def _without_concatenation_offer(patch):
+    """``patch`` as ComfyUI's UNet calls it: with no offer to take the concatenation from it
+    (``diffusion/skip_concat.py``), so the gate returns ``m * hsp`` and the UNet concatenates.
+    The patch sees a dict with the two keys it reads; setting one per call is all this adds."""
+    seen = {"cond_or_uncond": [1, 0]}
+
+    def call(h, hsp, options):
+        seen["block"] = options["block"]
+        return patch(h, hsp, seen)
+
+    return call
+
+
 def _variants(config):
     """name -> transformer_options (None: the unpatched reference)."""
     from unet_lab.unet_core.gates.skip_gate import GateMapRecorder, SkipGatePatch, build_settings
@@ -58,6 +75,7 @@ def _variants(config):
     return {
         "unpatched": {"cond_or_uncond": [1, 0]},
         "gate all levels": opts(SkipGatePatch(both)),
+        "gate all levels, UNet concatenates": opts(_without_concatenation_offer(SkipGatePatch(both))),
         "gate all levels, eager": opts(SkipGatePatch(both, fused=False)),
         "gate + record maps": opts(SkipGatePatch(both, recorder=GateMapRecorder(config))),
         "gate cond only": opts(SkipGatePatch(cond)),
@@ -143,6 +161,7 @@ def bench_family(family: str, config, size: int, device, dtype, warmup: int, rou
     from unet_lab.unet_core.gates import fused_gate
 
     fused, eager = outputs["gate all levels"], outputs["gate all levels, eager"]
+    unjoined = outputs["gate all levels, UNet concatenates"]
     result = {"family": family, "latent": [size, size], "batch": 2, "dtype": str(dtype).replace("torch.", ""),
               "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
               "steps_per_variant": len(times["unpatched"]),
@@ -150,6 +169,8 @@ def bench_family(family: str, config, size: int, device, dtype, warmup: int, rou
                                       and not fused_gate._state["failed"]),
               # the fused and eager gates on the same step: their difference next to the gate's own effect
               "fused_vs_eager_max_abs_diff": float((fused - eager).abs().max()),
+              # the gate with and without writing the concatenation: the same math, other output strides
+              "concatenation_vs_plain_max_abs_diff": float((fused - unjoined).abs().max()),
               "gate_effect_max_abs": float((eager - ref).abs().max()),
               "variants": {}}
     for name, samples in times.items():

@@ -106,6 +106,10 @@ def table(results: dict[str, Any]) -> list[dict]:
              v.get("overhead_paired_pct", v["overhead_pct"]), "<= 3 %", v.get("overhead_paired_pct", 99) <= 3.0, "%")
         _row(rows, f"skip gate {r['family']} all levels: GPU kernel time overhead", v.get("gpu_overhead_pct"),
              "(<= 3 %)", None if v.get("gpu_overhead_pct") is None else v["gpu_overhead_pct"] <= 3.0, "%")
+        plain = r["variants"].get("gate all levels, UNet concatenates")
+        if plain is not None:  # the gate as in ComfyUI's UNet (no concatenation taken from it)
+            _row(rows, f"skip gate {r['family']} all levels, UNet concatenates: step overhead (paired median)",
+                 plain["overhead_paired_pct"], "(<= 3 %)", plain["overhead_paired_pct"] <= 3.0, "%")
     for arch, r in (results.get("segmentation", {}).get("architectures") or {}).items():
         target = r.get("target")
         if not target or not target.get("available"):
