@@ -363,10 +363,11 @@ class FusedSkipGate:
     dictionary lookup per call; per case and stream, the scratch pointers and a spare output
     (see :meth:`_output`).
 
-    Call: ``gate(h, hsp, rows, want_alpha)`` -> ``(m * hsp, alpha or None)`` with ``alpha``
-    [B, 1, H, W] in ``hsp``'s dtype, or None if this case cannot run fused or a launch failed (then
-    the caller runs the eager path). ``rows``: per batch row ``k_b = c (1 - floor)``, 0 for rows
-    left alone. ``hsp`` is not modified. The caller checks :func:`fused_usable` first."""
+    Call: ``gate(h, hsp, rows, want_alpha, concat)`` -> ``(m * hsp, alpha or None)`` with
+    ``alpha`` [B, 1, H, W] in ``hsp``'s dtype (with ``concat``: ``cat([h, m * hsp], 1)`` in place
+    of ``m * hsp``), or None if this case cannot run fused or a launch failed (then the caller
+    runs the eager path). ``rows``: per batch row ``k_b = c (1 - floor)``, 0 for rows left alone.
+    ``h`` and ``hsp`` are not modified. The caller checks :func:`fused_usable` first."""
 
     def __init__(self, sharpness: float, eps: float) -> None:
         self.sharpness = float(sharpness)
