@@ -53,11 +53,11 @@ def _configs(quick: bool):
 def _without_concatenation_offer(patch):
     """``patch`` as ComfyUI's UNet calls it: with no offer to take the concatenation from it
     (``diffusion/skip_concat.py``), so the gate returns ``m * hsp`` and the UNet concatenates.
-    The patch sees a dict with the two keys it reads; setting one per call is all this adds."""
-    seen = {"cond_or_uncond": [1, 0]}
+    The patch sees a dict with the two keys it reads, copied from the UNet's on every call."""
+    seen = {}
 
     def call(h, hsp, options):
-        seen["block"] = options["block"]
+        seen["block"], seen["cond_or_uncond"] = options["block"], options["cond_or_uncond"]
         return patch(h, hsp, seen)
 
     return call

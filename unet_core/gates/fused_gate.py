@@ -31,7 +31,8 @@ rather than let it deadlock) with at most two programs per SM. Larger maps run t
 (statistics, then apply): there the one-launch kernel, with few programs, costs more GPU time
 (H100, steps of 2048 elements: SDXL 128x128 level, 103 us against 65 us) than the launch it
 saves on the host. A case whose one-launch kernel cannot be launched, or does not give the
-two-launch output bitwise on its first call, runs two launches. ``UNET_LAB_FUSED_GATE=2`` forces two launches everywhere.
+two-launch output bitwise on its first call, runs two launches. ``UNET_LAB_FUSED_GATE=2``
+forces two launches everywhere.
 
 The math is that of ``skip_gate`` (its docstring), computed in fp32 and rounded once to the
 features' dtype, where the eager path rounds the maps to the features' dtype between steps; the
@@ -55,8 +56,8 @@ otherwise call ``data_ptr()`` and ask the driver about every tensor argument on 
 A :class:`FusedSkipGate` (one per patch) finds a call's case, its coefficients on the device and
 its fixed arguments with one dictionary lookup, and keeps a spare output buffer for one-launch
 maps (``FusedSkipGate._output``; each under 2^23 elements, under 16 MB for any SD1 block at
-512 px, batch 2, concatenation included). Scratch and barrier buffers are per device and stream: work on one stream is ordered,
-so a gate's kernels only start after the previous gate's.
+512 px, batch 2, concatenation included). Scratch and barrier buffers are per device and
+stream: work on one stream is ordered, so a gate's kernels only start after the previous gate's.
 """
 
 from __future__ import annotations
