@@ -5,7 +5,10 @@ and mixed layouts) it runs a fresh ``FusedSkipGate`` and checks:
 
 - ``m * hsp`` against the eager gate (``energy_alpha`` + ``applied_map``): within 4 units in the
   last place of the dtype at the largest ``|hsp|`` (the eager path rounds its maps to the dtype
-  between steps; the fused one computes in fp32 and rounds once);
+  between steps; the fused one computes in fp32 and rounds once), and never tighter than 16 units
+  of fp32: in fp32 nothing is rounded between steps, and what is left is the order of the sums
+  over channels and pixels (tiles against torch's reductions) and the GPU's exp and rsqrt, a few
+  units each (an H200 gave up to 5 units at 4);
 - the concatenation (``concat=True``): its first channels are ``h`` bitwise, the others match
   ``m * hsp`` of the plain call to within one unit in the last place (the two are compiled for
   different output strides), and its strides are those of ``torch.cat([h, hsp], 1)``;
@@ -79,7 +82,7 @@ def check_case(shape, dtype, layout, device, seed: int = 0) -> dict:
         joined_diff = (joined[:, split:].float() - plain.float()).abs().max().item()
         result = {
             "eager_max_abs_diff": eager_diff,
-            "eager_tolerance": 4 * ULP[dtype] * scale,
+            "eager_tolerance": max(4 * ULP[dtype], 16 * ULP[torch.float32]) * scale,
             "joined_h_bitwise": bool(torch.equal(joined[:, :split], h)),
             "joined_gated_max_abs_diff": joined_diff,
             "joined_strides_as_cat": joined.stride() == torch.cat([h, hsp], 1).stride(),

@@ -50,8 +50,17 @@ def _indices(shapes: Shapes, pattern: str) -> set[int]:
     return out
 
 
-def _depth(shapes: Shapes, module: str) -> int:
-    return len(_indices(shapes, re.escape(module) + r"\.transformer_blocks\.(\d+)\."))
+_TRANSFORMER_BLOCK = re.compile(r"(.+?)\.transformer_blocks\.(\d+)\.")
+
+
+def _depths(shapes: Shapes) -> dict[str, int]:
+    """Transformer depth of every module that holds ``transformer_blocks`` (one pass over the keys)."""
+    found: dict[str, set[int]] = {}
+    for k in shapes:
+        m = _TRANSFORMER_BLOCK.match(k)
+        if m:
+            found.setdefault(m.group(1), set()).add(int(m.group(2)))
+    return {module: len(blocks) for module, blocks in found.items()}
 
 
 def _need(shapes: Shapes, key: str, what: str) -> tuple[int, ...]:
@@ -97,12 +106,12 @@ def config_from_ldm_shapes(shapes: Shapes) -> UNetConfig:
     if L < 1 or (downs and downs[0] != 1 + L):
         raise CheckpointError(None, "cannot infer the UNet config: the input blocks are not laid out as "
                                     "resnets + downsample per level")
-    chans, depths = [], []
+    chans, depths, depth_of = [], [], _depths(shapes)
     for i in range(levels):
         first = 1 + i * (L + 1)
         chans.append(_need(shapes, f"input_blocks.{first}.0.emb_layers.1.weight", "a ResBlock")[0])
-        depths.append(_depth(shapes, f"input_blocks.{first}.1"))
-    mid_depth = _depth(shapes, "middle_block.1")
+        depths.append(depth_of.get(f"input_blocks.{first}.1", 0))
+    mid_depth = depth_of.get("middle_block.1", 0)
     if "middle_block.1.in_layers.0.weight" in shapes:
         raise CheckpointError(None, "unsupported UNet: its middle block has no attention")
     adm = shapes["label_emb.0.0.weight"][1] if "label_emb.0.0.weight" in shapes else None
@@ -118,8 +127,9 @@ def config_from_diffusers_shapes(shapes: Shapes) -> UNetConfig:
     if levels < 1 or L < 1:
         raise CheckpointError(None, "cannot infer the UNet config: no down blocks with ResNets")
     chans = [_need(shapes, f"down_blocks.{i}.resnets.0.conv1.weight", "a ResNet")[0] for i in range(levels)]
-    depths = [_depth(shapes, f"down_blocks.{i}.attentions.0") for i in range(levels)]
-    mid_depth = _depth(shapes, "mid_block.attentions.0")
+    depth_of = _depths(shapes)
+    depths = [depth_of.get(f"down_blocks.{i}.attentions.0", 0) for i in range(levels)]
+    mid_depth = depth_of.get("mid_block.attentions.0", 0)
     adm = shapes["add_embedding.linear_1.weight"][1] if "add_embedding.linear_1.weight" in shapes else None
     return _finish(conv_in[1], out_conv[0], chans, L, depths, mid_depth, *_attention_kind(shapes), adm)
 

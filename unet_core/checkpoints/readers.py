@@ -128,21 +128,20 @@ def _load_safetensors(path: Path, device: str, keys: Iterable[str] | None) -> di
     except (RuntimeError, OSError) as exc:
         raise CheckpointError(path, f"cannot memory-map the file ({exc})") from None
     out: dict[str, torch.Tensor] = {}
+    data_start, on_cpu = header.data_start, str(device) == "cpu"
     for name in names:
         info = header.tensors[name]
         dtype = ST_TO_TORCH.get(info.dtype)
         if dtype is None:
             raise CheckpointError(path, f"tensor {name!r} has dtype {info.dtype}, which this torch cannot hold")
-        raw = torch.empty(0, dtype=torch.uint8)
-        raw.set_(storage, header.data_start + info.data_offsets[0], (info.nbytes,))
-        try:
-            t = raw.view(dtype)
-        except RuntimeError:  # misaligned for the dtype: copy this one tensor
-            t = raw.clone().view(dtype)
-        t = t.view(info.shape)
-        if str(device) != "cpu":
-            t = t.to(device)
-        out[name] = t
+        offset = data_start + info.data_offsets[0]
+        width = dtype.itemsize
+        if offset % width == 0:  # the usual case: a view of the mapping, offset counted in elements
+            t = torch.empty(0, dtype=dtype).set_(storage, offset // width, info.shape)
+        else:  # misaligned for the dtype: copy this one tensor out
+            raw = torch.empty(0, dtype=torch.uint8).set_(storage, offset, (info.nbytes,))
+            t = raw.clone().view(dtype).view(info.shape)
+        out[name] = t if on_cpu else t.to(device)
     return out
 
 

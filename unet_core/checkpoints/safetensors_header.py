@@ -15,6 +15,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import CheckpointError
 
@@ -29,8 +30,9 @@ MAX_HEADER = 100 * 1024 * 1024  # the limit safetensors itself applies
 _DOWNLOAD_HINT = "download the file again (from the model page's 'download' link, not the page itself)"
 
 
-@dataclass(frozen=True)
-class TensorInfo:
+class TensorInfo(NamedTuple):
+    """One header entry (a named tuple: a checkpoint's header has thousands, built on every load)."""
+
     dtype: str
     shape: tuple[int, ...]
     data_offsets: tuple[int, int]
@@ -179,7 +181,7 @@ def _read_header(path: Path) -> SafetensorsHeader:
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(path, f"the safetensors header entry {name!r} is malformed "
                                         f"(needs dtype, shape, data_offsets): the file is damaged") from None
-        if end < start or any(s < 0 for s in shape):
+        if end < start or (shape and min(shape) < 0):
             raise CheckpointError(path, f"the safetensors header entry {name!r} has impossible offsets or shape")
         width = DTYPE_BYTES.get(dtype)
         if width is not None and dtype not in ("F4", "F6_E2M3", "F6_E3M2") and end - start != math.prod(shape) * width:
