@@ -11,6 +11,7 @@ from pack_support import REPO_ROOT, load_script
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "h100_2026-11-22"
 H200_RESULTS = REPO_ROOT / "benchmarks" / "results" / "h200_2026-12-04"
+H200_SECOND = REPO_ROOT / "benchmarks" / "results" / "h200_2026-12-04b"
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,8 @@ def test_h100_outputs_give_every_target_row(run_all):
     assert rows["load sdxl fp16: peak RSS growth while loading / file size"]["pass"] is True
     assert rows["attention_unet compiled / MONAI AttentionUnet eager (fwd img/s)"]["pass"] is True
     assert rows["8192x8192 tiled segmentation (fast): time"]["pass"] is True
-    assert rows["block-weighted LoRA: patched step / unpatched step (SDXL)"]["pass"] is True
+    assert rows["block-weighted LoRA: patched step / step of the same weights baked (SDXL)"]["pass"] is True
+    assert rows["block-weighted LoRA: patched step / unpatched step (SDXL, other weights)"]["pass"] is None
     table = run_all.render(list(rows.values()))
     assert table.count("\n") == len(rows) + 1 and "| no |" in table and "| yes |" in table
 
@@ -52,6 +54,26 @@ def test_h200_outputs_give_every_target_row(run_all):
     # the U-Net's `compiled` mode is a second mode beside `fast`, which meets the target
     assert failing == ["load sdxl fp16: time ours / safetensors.load_file",
                        "unet compiled / plain eager U-Net (fwd img/s)"]
+
+
+def test_h200_second_run_rows(run_all):
+    rows = _by_figure(run_all.table(run_all._load([H200_SECOND])))
+    for family, low, high in (("sd1", 0.61, 0.62), ("sdxl", 0.93, 0.94)):
+        load = rows[f"load {family} fp16: time ours / safetensors.load_file"]
+        assert load["pass"] is True and low < load["value"] < high
+    # no per-step cost: patched 65.286 ms against 65.295 ms for the same weights baked (these JSON files
+    # predate the paired figures, so the medians' ratio is used); the unpatched model's 62.56 ms is beside it
+    same = rows["block-weighted LoRA: patched step / step of the same weights baked (SDXL)"]
+    assert same["pass"] is True and same["value"] == pytest.approx(65.2858 / 65.2948, abs=1e-4)
+    other = rows["block-weighted LoRA: patched step / unpatched step (SDXL, other weights)"]
+    assert other["pass"] is None and other["value"] == pytest.approx(1.0435)
+    assert rows["skip gate sd1 all levels: step overhead (paired median)"]["value"] == pytest.approx(3.18)
+    assert rows["skip gate sdxl all levels: step overhead (paired median)"]["value"] == 0.0  # not "-0"
+    failing = sorted(figure for figure, row in rows.items() if row["pass"] is False)
+    assert failing == ["skip gate sd1 all levels, UNet concatenates: step overhead (paired median)",
+                       "skip gate sd1 all levels: step overhead (paired median)",
+                       "unet compiled / plain eager U-Net (fwd img/s)"]
+    assert "| -0 " not in run_all.render(list(rows.values()))
 
 
 def test_targets_at_their_edges(run_all):
