@@ -11,8 +11,8 @@
 3. **step** (``--device cuda``): SDXL UNet fp16, batch 2, 128x128 latents, 77x2048 context; the
    median of timed forward passes of the unpatched model vs the patched clone (Apply LoRA: merged
    weights computed once at the first step, reported separately, then cached) vs the baked model
-   (Bake LoRA: a plain model holding the merged weights). Variants alternate step by step, the
-   order rotating from round to round; each step is timed between two ``torch.cuda.synchronize()``
+   (Bake LoRA: a plain model holding the merged weights). Variants alternate step by step, in a
+   random order each round (``_rounds.py``); each step is timed between two ``torch.cuda.synchronize()``
    calls. "No per-step cost" is judged as patched / baked: the same weights, with and without the
    patching machinery; patched / unpatched (other weights) is reported beside it.
 
@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from _pack import load_core  # benchmarks/ is on sys.path when a script runs
+from _rounds import round_orders
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("bench_lora")
@@ -202,10 +203,8 @@ def bench_step(config, lora, steps: int, warmup: int, device: torch.device) -> d
         variants = [("unpatched", model), ("patched", patched), ("baked", baked)]
         gc.disable()
         try:
-            for i in range(warmup + steps):
-                # the order rotates from round to round: no variant always runs first or last
-                first_here = i % len(variants)
-                for name, m in variants[first_here:] + variants[:first_here]:
+            for i, order in enumerate(round_orders(variants, warmup + steps)):  # a random order each round
+                for name, m in order:
                     sync()
                     t0 = time.perf_counter()
                     m.apply_model(x, t, ctx, y=y)

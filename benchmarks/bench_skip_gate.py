@@ -3,11 +3,13 @@
 Our UNet (``unet_core.diffusion.unet.UNetModel``) with random weights, fp16 on CUDA, batch 2
 (SD1 64x64 latents, 77x768 context; SDXL 128x128, 77x2048, ADM 2816), inference mode. Each
 variant runs the same inputs; variants alternate step by step (rounds of one step each) so
-clock drift and interference from other processes hit all alike; the GC is off while timing;
-every step is timed between two ``torch.cuda.synchronize()`` calls. The overhead figure is
-paired: the median over rounds of (variant step / unpatched step of the same round) - 1; the
-ratio of the medians and of the 10th percentiles are printed beside it. The GPU kernel time per
-step (torch.profiler) is given too: it is free of host jitter. Goal: overhead <= 3 %.
+clock drift and interference from other processes hit all alike, in a random order each round
+(``_rounds.py``: a fixed order lets a variant's place in the round pass for its cost); the GC is
+off while timing; every step is timed between two ``torch.cuda.synchronize()`` calls. The
+overhead figure is paired: the median over rounds of (variant step / unpatched step of the same
+round) - 1; the ratio of the medians and of the 10th percentiles are printed beside it. The GPU
+kernel time per step (torch.profiler) is given too: it is free of host jitter. Goal: overhead
+<= 3 %.
 
 "gate all levels": the gate writes each block's concatenation, which our UNet takes from it
 (``diffusion/skip_concat.py``); "gate all levels, UNet concatenates": the same gate called as
@@ -31,6 +33,7 @@ from pathlib import Path
 import torch
 
 from _pack import load_core  # benchmarks/ is on sys.path when a script runs
+from _rounds import round_orders
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("bench_skip_gate")
@@ -123,6 +126,15 @@ def _kernel_profile(model, variants: dict, inputs: tuple, device, steps: int = 5
     return result
 
 
+def _median_by_place(samples: list[float], places: list[int]) -> list[float | None]:
+    """Median step time (ms) at each place in the round (None where no step ran there)."""
+    by_place: dict[int, list[float]] = {}
+    for sample, place in zip(samples, places, strict=True):
+        by_place.setdefault(place, []).append(sample)
+    return [round(statistics.median(by_place[p]) * 1e3, 3) if p in by_place else None
+            for p in range(max(places, default=-1) + 1)]
+
+
 def bench_family(family: str, config, size: int, device, dtype, warmup: int, rounds: int, steps: int) -> dict:
     from unet_lab.unet_core.diffusion.unet import UNetModel
 
@@ -134,6 +146,7 @@ def bench_family(family: str, config, size: int, device, dtype, warmup: int, rou
     x, t, context, y = _inputs(config, size, device, dtype)
     variants = _variants(config)
     times: dict[str, list[float]] = {name: [] for name in variants}
+    places: dict[str, list[int]] = {name: [] for name in variants}  # each step's place in its round
     outputs = {}
     with torch.inference_mode():
         for name, options in variants.items():  # warm-up (and one output per variant)
@@ -144,14 +157,15 @@ def bench_family(family: str, config, size: int, device, dtype, warmup: int, rou
         gc.collect()
         gc.disable()
         try:
-            for _ in range(rounds):
-                for name, options in variants.items():
+            for order in round_orders(list(variants.items()), rounds):  # a random order each round
+                for place, (name, options) in enumerate(order):
                     for _ in range(steps):
                         _sync(device)
                         start = time.perf_counter()
                         model(x, t, context, y, transformer_options=options)
                         _sync(device)
                         times[name].append(time.perf_counter() - start)
+                        places[name].append(place)
         finally:
             gc.enable()
     kernels = _kernel_profile(model, variants, (x, t, context, y), device) if device.type == "cuda" else {}
@@ -172,6 +186,8 @@ def bench_family(family: str, config, size: int, device, dtype, warmup: int, rou
               # the gate with and without writing the concatenation: the same math, other output strides
               "concatenation_vs_plain_max_abs_diff": float((fused - unjoined).abs().max()),
               "gate_effect_max_abs": float((eager - ref).abs().max()),
+              # the unpatched step's median by its place in the round: how much the place alone moves a step
+              "unpatched_median_ms_by_place": _median_by_place(times["unpatched"], places["unpatched"]),
               "variants": {}}
     for name, samples in times.items():
         # paired: each timed step against the unpatched step of the same round (drift cancels)

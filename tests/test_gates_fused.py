@@ -117,6 +117,80 @@ def test_c_level_launch_only_where_its_argument_list_is_known(monkeypatch):
         assert fused_gate._c_launch(plain) is None
 
 
+def test_kept_launch_binds_everything_but_the_kernel_arguments(monkeypatch):
+    """A kept launch on a stream is Triton's C launch function (or the launcher) with the grid,
+    stream, function and metadata bound in the order the runner passes them; the call adds only
+    the kernel's arguments."""
+    from unet_lab.unet_core.gates import fused_gate
+
+    pytest.importorskip("triton")
+    calls = []
+
+    class Launcher:  # ``CompiledKernel.run``: callable, with the C function as ``launch``
+        global_scratch_size = profile_scratch_size = 0
+        launch_cooperative_grid, launch_pdl = True, False
+
+        def __call__(self, *args):
+            calls.append(("launcher", args))
+
+        def launch(self, *args):
+            calls.append(("c", args))
+
+    class Compiled:
+        function, run, packed_metadata = "fn", Launcher(), "meta"
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: calls.append(("runner", args, kwargs))
+
+    monkeypatch.setattr(fused_gate, "_no_launch_hooks", lambda: True)
+    monkeypatch.setattr(fused_gate, "_triton_minor", lambda: (3, 6))
+    on_stream, direct = fused_gate._kept_launch(Compiled(), (2, 3, 1))
+    on_stream(77)(10, 20, 30)
+    assert direct and calls == [("c", (2, 3, 1, 77, "fn", True, False, None, None, "meta", None, None, None, 10, 20, 30))]
+    calls.clear()
+    monkeypatch.setattr(fused_gate, "_triton_minor", lambda: (3, 9))  # no C-level call: the launcher
+    on_stream, direct = fused_gate._kept_launch(Compiled(), (2, 3, 1))
+    on_stream(5)(10, 20)
+    assert direct and calls == [("launcher", (2, 3, 1, 5, "fn", "meta", None, None, None, 10, 20))]
+    calls.clear()
+    on_stream, direct = fused_gate._kept_launch(Compiled(), (2, 3, 1), direct=False)  # Triton's runner
+    on_stream(5)(10, 20)
+    assert not direct and calls == [("runner", (10, 20), {"stream": 5})]
+
+
+def test_kept_launches_get_the_bound_calls_arguments_as_pointers(monkeypatch):
+    """After a case's first call (through Triton's binding, with tensors), its lane launches with
+    plain pointers: the same argument list, in the same order, as ``_tensor_args`` gives that
+    binding, with the constant tail the plan picked; the output is a fresh alias every call."""
+    from unet_lab.unet_core.gates import fused_gate
+
+    pytest.importorskip("triton")
+    recorded = []
+
+    def first_launch(plan, make_args, out, stream):
+        recorded.append(("bound", fused_gate._as_pointers(make_args(out))))
+        plan.launches = [(lambda stream: (lambda *args: recorded.append(("kept", args))), ("values", 1))]
+
+    monkeypatch.setattr(fused_gate, "_first_launch", first_launch)
+    monkeypatch.setattr(fused_gate, "load_kernels", lambda fresh=False: None)
+    monkeypatch.setattr(fused_gate, "_state", dict(fused_gate._state, plans={}))
+    gate = fused_gate.FusedSkipGate(1.5, 1e-5)
+    h, hsp = torch.randn(2, 8, 4, 4), torch.randn(2, 4, 4, 4)
+    for want_alpha, concat in ((False, True), (True, False)):
+        recorded.clear()
+        first, alpha = gate(h, hsp, (0.5, 0.0), want_alpha, concat)
+        second, alpha2 = gate(h, hsp, (0.5, 0.0), want_alpha, concat)
+        assert [kind for kind, _ in recorded] == ["bound", "kept"]
+        bound, kept = recorded[0][1], recorded[1][1]
+        assert kept[-2:] == ("values", 1) and len(kept) == len(bound) + 2
+        # the same pointers, but for the output (and alpha): the second call's own tensors
+        changes = {2: second.data_ptr() + (h.shape[1] * second.stride(1) * 4 if concat else 0)}
+        changes[3] = second.data_ptr() if concat else bound[3]
+        changes[4] = alpha2.data_ptr() if want_alpha else bound[4]
+        assert kept[:-2] == tuple(changes.get(i, v) for i, v in enumerate(bound))
+        assert bound[3] == (first.data_ptr() if concat else bound[5])  # unused pointers get the scratch
+
+
 def test_gpu_check_script_runs_its_checks_in_the_interpreter(tmp_path):
     """``benchmarks/check_skip_gate.py`` (the fused gate against the eager one, case by case, on the
     GPU machine) runs on CPU through Triton's interpreter, and its checks pass there."""

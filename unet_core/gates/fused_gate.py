@@ -53,9 +53,11 @@ through Triton's launcher with the arguments Triton's own runner passes (``_kept
 checked bitwise against the runner's output on the case's first call): on Triton 3.5 and 3.6
 straight into the launcher's C function, with pointers as plain ints (the launcher would
 otherwise call ``data_ptr()`` and ask the driver about every tensor argument on every call).
-A :class:`FusedSkipGate` (one per patch) finds a call's case, its coefficients on the device and
-its fixed arguments with one dictionary lookup, and keeps a spare output buffer for one-launch
-maps (``FusedSkipGate._output``; each under 2^23 elements, under 16 MB for any SD1 block at
+Per stream, a case keeps its launches as ``partial``s of that C function with everything but the
+kernel's arguments bound, and the arguments that never change from call to call (scratch,
+coefficients, sizes, strides, constants) in one tuple; a call passes the five pointers that do.
+A :class:`FusedSkipGate` (one per patch) finds a call's case with one dictionary lookup, and keeps
+a spare output buffer for one-launch maps (``FusedSkipGate._output``; each under 2^23 elements, under 16 MB for any SD1 block at
 512 px, batch 2, concatenation included). Scratch and barrier buffers are per device and
 stream: work on one stream is ordered, so a gate's kernels only start after the previous gate's.
 """
@@ -66,6 +68,7 @@ import importlib.util
 import logging
 import os
 from collections.abc import Callable
+from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
@@ -142,12 +145,14 @@ def _triton_minor() -> tuple[int, ...]:
 
 
 def _kept_launch(compiled: Any, grid: tuple[int, int, int],
-                 direct: bool = True) -> tuple[Callable[..., None], bool] | None:
-    """``(launch(stream, *args), is_direct)`` for a compiled kernel on a fixed grid; None in the interpreter.
+                 direct: bool = True) -> tuple[Callable[[Any], Callable[..., None]], bool] | None:
+    """``(on_stream, is_direct)`` for a compiled kernel on a fixed grid, where ``on_stream(stream)``
+    is the launch on that stream, called with the kernel's arguments; None in the interpreter.
 
     Direct: the call skips Triton's runner (``CompiledKernel[grid]``) and passes its launcher the
     arguments the runner passes when no launch hook is set; where :func:`_c_launch` allows, it
-    goes one level further, to the C function that launcher forwards to. :func:`_first_launch`
+    goes one level further, to the C function that launcher forwards to, as a ``partial`` with
+    everything but the kernel's arguments bound (no Python frame per launch). :func:`_first_launch`
     checks its first use against the runner. Launch hooks are not called on this path, so it is
     taken only while none is set; otherwise (or ``direct=False``) the runner itself. Every kind
     takes pointer arguments as tensors or as plain ints (Triton's C launcher accepts both)."""
@@ -163,14 +168,19 @@ def _kept_launch(compiled: Any, grid: tuple[int, int, int],
         if c_launch is not None:
             cooperative, pdl = launcher.launch_cooperative_grid, launcher.launch_pdl
 
-            def launch(stream: int, *args: Any) -> None:
-                c_launch(gx, gy, gz, stream, function, cooperative, pdl, None, None, metadata, None, None, None, *args)
+            def on_stream(stream: int) -> Callable[..., None]:
+                return partial(c_launch, gx, gy, gz, stream, function, cooperative, pdl, None, None, metadata,
+                               None, None, None)
         else:
-            def launch(stream: int, *args: Any) -> None:
-                launcher(gx, gy, gz, stream, function, metadata, None, None, None, *args)
+            def on_stream(stream: int) -> Callable[..., None]:
+                return partial(launcher, gx, gy, gz, stream, function, metadata, None, None, None)
 
-        return launch, True
-    return (lambda stream, *args: runner(*args, stream=stream)), False
+        return on_stream, True
+
+    def on_stream_runner(stream: Any) -> Callable[..., None]:
+        return lambda *args: runner(*args, stream=stream)
+
+    return on_stream_runner, False
 
 
 def _as_pointers(args: tuple) -> tuple:
@@ -188,7 +198,9 @@ def fused_usable(h: torch.Tensor, hsp: torch.Tensor) -> bool:
     """Whether the fused gate may run on these tensors now: the per-call part of the conditions in
     the module docstring (layouts, shapes, dtypes, devices of both tensors and the switch are
     checked once per case by :class:`FusedSkipGate`, which returns None when they do not hold)."""
-    return not _state["failed"] and hsp.is_cuda and _on_current_device(hsp) and tensors_allow_fusion(h, hsp)
+    if _state["failed"] or not hsp.is_cuda:
+        return False
+    return (_state["one_gpu"] or _on_current_device(hsp)) and tensors_allow_fusion(h, hsp)
 
 
 def _on_current_device(t: torch.Tensor) -> bool:
@@ -316,10 +328,11 @@ def _tensor_args(plan: SimpleNamespace, h: torch.Tensor, hsp: torch.Tensor, out:
                  scratch: torch.Tensor, coefficients: torch.Tensor, alpha: torch.Tensor | None, sync: torch.Tensor,
                  tail: tuple) -> tuple:
     """The kernel's arguments with tensors: ``m * hsp`` goes to ``out`` (with ``concat``, to its
-    channels after ``h``'s, and ``h`` to its first ones); unused pointers get the scratch."""
+    channels after ``h``'s, and ``h`` to its first ones); unused pointers get the scratch. The
+    pointers that change from call to call come first (:meth:`FusedSkipGate._lane_calls`)."""
     x_out = out.narrow(1, plan.x_channel, hsp.shape[1]) if plan.concat else out
-    return (hsp, h, x_out, scratch, coefficients, scratch if alpha is None else alpha, sync,
-            out if plan.concat else scratch, *tail)
+    return (hsp, h, x_out, out if plan.concat else scratch, scratch if alpha is None else alpha, scratch,
+            coefficients, sync, *tail)
 
 
 def _first_launch(plan: SimpleNamespace, make_args: Callable[[torch.Tensor], tuple], out: torch.Tensor,
@@ -333,6 +346,7 @@ def _first_launch(plan: SimpleNamespace, make_args: Callable[[torch.Tensor], tup
     kept = [_kept_launch(compiled, plan.grid) for compiled in two]
     if any(k is None for k in kept):  # the interpreter: bind on every call
         return
+    # from here on, launches are tried through ``on_stream(stream)(*args)``
     values = tuple(plan.constexprs.values())
     candidates = []
     trial = torch.empty_like(out)
@@ -346,23 +360,23 @@ def _first_launch(plan: SimpleNamespace, make_args: Callable[[torch.Tensor], tup
         except Exception as exc:  # noqa: BLE001 - no cooperative launch here: two launches
             log.info("fused skip gate: one-launch kernel unavailable (%s); two launches", exc)
     if any(is_direct for _, is_direct in kept):
-        candidates.append([(launch, values + (phase,)) for (launch, _), phase in zip(kept, (1, 2), strict=True)])
+        candidates.append([(on_stream, values + (phase,)) for (on_stream, _), phase in zip(kept, (1, 2), strict=True)])
     for launches in candidates:
-        for launch, launch_values in launches:
-            launch(stream, *trial_args, *launch_values)
+        for on_stream, launch_values in launches:
+            on_stream(stream)(*trial_args, *launch_values)
         if torch.equal(trial, out):
             plan.launches = launches
             return
         log.info("fused skip gate: a faster launch disagrees with the reference; not used")
     runners = [_kept_launch(compiled, plan.grid, direct=False) for compiled in two]
-    plan.launches = [(launch, values + (phase,)) for (launch, _), phase in zip(runners, (1, 2), strict=True)]
+    plan.launches = [(on_stream, values + (phase,)) for (on_stream, _), phase in zip(runners, (1, 2), strict=True)]
 
 
 class FusedSkipGate:
     """One patch's fused gate: per case (the layout of ``h`` and ``hsp`` and the row coefficients)
-    the plan, the coefficients on the device and the kernel's fixed arguments, found with one
-    dictionary lookup per call; per case and stream, the scratch pointers and a spare output
-    (see :meth:`_output`).
+    the plan and the coefficients on the device, found with one dictionary lookup per call; per
+    case and stream (a "lane"), the scratch pointers, a spare output (see :meth:`_output`) and the
+    launches with every argument that does not change from call to call already bound.
 
     Call: ``gate(h, hsp, rows, want_alpha, concat)`` -> ``(m * hsp, alpha or None)`` with
     ``alpha`` [B, 1, H, W] in ``hsp``'s dtype (with ``concat``: ``cat([h, m * hsp], 1)`` in place
@@ -384,19 +398,30 @@ class FusedSkipGate:
             return self._cases.setdefault(key, SimpleNamespace(ok=False))
         coefficients = torch.tensor(rows, dtype=torch.float32, device=hsp.device)
         return self._cases.setdefault(key, SimpleNamespace(
-            ok=True, plan=plan, coefficients=coefficients, coefficients_ptr=coefficients.data_ptr(),
-            tail=(*plan.scalars, self.sharpness, self.eps), launches=None, lanes={}))
+            ok=True, plan=plan, coefficients=coefficients, tail=(*plan.scalars, self.sharpness, self.eps), lanes={}))
 
     @staticmethod
     def _new_lane(case: SimpleNamespace, stream: Any) -> SimpleNamespace:
         """A case's state on one stream: the scratch and barrier buffers (shared by every case on
-        that stream) and the case's spare output."""
+        that stream), the case's spare output, and its launches once the plan has picked them."""
         plan = case.plan
         scratch = _buffer("scratch", plan.scratch, torch.float32, plan.device_index, stream)
         sync = _buffer("sync", plan.sync, torch.int32, plan.device_index, stream)
-        lane = SimpleNamespace(scratch=scratch, sync=sync, scratch_ptr=scratch.data_ptr(), sync_ptr=sync.data_ptr(),
-                               spare=None)
+        lane = SimpleNamespace(scratch=scratch, sync=sync, scratch_ptr=scratch.data_ptr(), spare=None, calls=None)
+        FusedSkipGate._lane_calls(case, lane, stream)
         return case.lanes.setdefault(stream, lane)
+
+    @staticmethod
+    def _lane_calls(case: SimpleNamespace, lane: SimpleNamespace, stream: Any) -> None:
+        """Once the plan has its launches: each as ``(launch, fixed)``, ``launch`` bound to the
+        stream and called as ``launch(x, g, x_out, g_out, alpha, *fixed)`` with pointers, where
+        ``fixed`` holds the arguments that stay (scratch, coefficients, barrier, sizes, strides,
+        the gate's constants, the kernel's compile-time values)."""
+        launches = case.plan.launches
+        if launches is None or lane.calls is not None:
+            return
+        fixed = (lane.scratch_ptr, case.coefficients.data_ptr(), lane.sync.data_ptr(), *case.tail)
+        lane.calls = [(on_stream(stream), fixed + values) for on_stream, values in launches]
 
     @staticmethod
     def _output(lane: SimpleNamespace, shape: tuple[int, ...], stride: tuple[int, ...], like: torch.Tensor,
@@ -428,7 +453,8 @@ class FusedSkipGate:
             case = self._cases.get(key) or self._new_case(key, h, hsp, rows, want_alpha, concat)
             if not case.ok:
                 return None
-            x_ptr, g_ptr = hsp.data_ptr(), h.data_ptr()
+            x_ptr = hsp.data_ptr()
+            g_ptr = h.data_ptr()
             if (x_ptr | g_ptr) & 15:
                 return None  # unaligned data would need other kernels: the eager path
             plan = case.plan
@@ -436,16 +462,15 @@ class FusedSkipGate:
             lane = case.lanes.get(stream) or self._new_lane(case, stream)
             out = self._output(lane, plan.out_shape, plan.out_stride, hsp, plan.single)
             alpha = torch.empty(hsp.shape[0], 1, *hsp.shape[2:], dtype=hsp.dtype, device=hsp.device) if want_alpha else None
-            if case.launches is None:
+            if lane.calls is None:
                 self._bound_call(case, lane, h, hsp, out, alpha, stream)
             else:  # kept launches take pointers: the tensors were checked above, the launcher need not
-                alpha_ptr = alpha.data_ptr() if want_alpha else lane.scratch_ptr
                 out_ptr = out.data_ptr()
+                x_out_ptr = out_ptr + plan.x_offset
                 g_out_ptr = out_ptr if concat else lane.scratch_ptr
-                out_ptr += plan.x_offset
-                for launch, tail in case.launches:
-                    launch(stream, x_ptr, g_ptr, out_ptr, lane.scratch_ptr, case.coefficients_ptr, alpha_ptr,
-                           lane.sync_ptr, g_out_ptr, *tail)
+                alpha_ptr = alpha.data_ptr() if want_alpha else lane.scratch_ptr
+                for launch, fixed in lane.calls:
+                    launch(x_ptr, g_ptr, x_out_ptr, g_out_ptr, alpha_ptr, *fixed)
         except Exception as exc:  # noqa: BLE001 - any launch failure falls back to the eager gate
             _state["failed"] = True
             log.warning("fused skip gate unavailable (%s: %s); using the eager gate", type(exc).__name__,
@@ -456,21 +481,15 @@ class FusedSkipGate:
     @staticmethod
     def _bound_call(case: SimpleNamespace, lane: SimpleNamespace, h: torch.Tensor, hsp: torch.Tensor,
                     out: torch.Tensor, alpha: torch.Tensor | None, stream: Any) -> None:
-        """A call with tensor arguments: the plan's first (which picks its launches), one through
-        kept launches of a plan another case picked them for (then kept on this case too), or,
-        in Triton's interpreter, every call."""
+        """A call with tensor arguments, through Triton's binding: the plan's first (which picks
+        its launches, then kept on the lane), or, in Triton's interpreter, every call."""
         plan = case.plan
 
         def make_args(output: torch.Tensor) -> tuple:
             return _tensor_args(plan, h, hsp, output, lane.scratch, case.coefficients, alpha, lane.sync, case.tail)
 
-        if plan.launches is None:
-            _first_launch(plan, make_args, out, stream)
-        else:
-            for launch, values in plan.launches:
-                launch(stream, *_as_pointers(make_args(out)), *values)
-        if plan.launches is not None:
-            case.launches = [(launch, case.tail + values) for launch, values in plan.launches]
+        _first_launch(plan, make_args, out, stream)
+        FusedSkipGate._lane_calls(case, lane, stream)
 
 
 def fused_skip_gate(h: torch.Tensor, hsp: torch.Tensor, rows: tuple[float, ...], sharpness: float, eps: float,

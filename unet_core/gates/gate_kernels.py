@@ -35,7 +35,7 @@ def channel_sum_of_squares(ptr, base, n_channels, stride_c, offs_p, stride_p, pm
 
 
 @triton.jit
-def gate_kernel(x_ptr, g_ptr, out_ptr, scratch_ptr, coef_ptr, alpha_ptr, sync_ptr, g_out_ptr,
+def gate_kernel(x_ptr, g_ptr, out_ptr, g_out_ptr, alpha_ptr, scratch_ptr, coef_ptr, sync_ptr,
                 cx, cg, hw, n_tiles, partial_offset, sx_b, sx_c, sx_p, sg_b, sg_c, sg_p, so_b, so_c, so_p,
                 sharpness, eps, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr,
                 WRITE_ALPHA: tl.constexpr, COPY_G: tl.constexpr, PHASE: tl.constexpr):

@@ -186,6 +186,8 @@ class SkipGatePatch:
         self.fused = fused  # False: always the eager path (the reference; benchmarks compare both)
         self._ones: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self._fused_gate = FusedSkipGate(settings.sharpness, settings.eps)
+        self._may_fuse = fused and trained is None
+        self._keep = 1.0 - settings.floor
 
     def _one(self, like: torch.Tensor) -> torch.Tensor:
         key = (like.device, like.dtype)
@@ -196,7 +198,7 @@ class SkipGatePatch:
 
     def _row_coefficients(self, batch: int, coefficient: float, skipped: list[tuple[int, int]]) -> tuple[float, ...]:
         """Per batch row ``k = c (1 - floor)``, 0 on skipped rows (the fused kernel's row coefficients)."""
-        k = coefficient * (1.0 - self.settings.floor)
+        k = coefficient * self._keep
         if not skipped:
             return (k,) * batch
         values = [k] * batch
@@ -214,38 +216,43 @@ class SkipGatePatch:
         return energy_alpha(h, hsp, self.settings.sharpness, self.settings.eps)
 
     def __call__(self, h: torch.Tensor, hsp: torch.Tensor, transformer_options: dict[str, Any]):
+        # Runs once per output block and step, mostly on a launch-bound host: kept to few calls.
         block_ref = transformer_options.get("block")
         if not block_ref or block_ref[0] != "output":
             return h, hsp
         s = self.settings
-        block_id = int(block_ref[1])
+        block_id = block_ref[1]
         coefficient = s.coefficients.get(block_id)
         if coefficient is None:
             return h, hsp
-        acts, skipped = chunk_rows(hsp.shape[0], transformer_options, s.apply_to)
-        acts = acts and coefficient != 0.0
-        if not acts and self.recorder is None:
+        if s.apply_to == "both":
+            acts, skipped = coefficient != 0.0, []
+        else:
+            acts, skipped = chunk_rows(hsp.shape[0], transformer_options, s.apply_to)
+            acts = acts and coefficient != 0.0
+        recorder = self.recorder
+        if not acts and recorder is None:
             return h, hsp
-        block = s.blocks[block_id]
-        if acts and self.fused and self.trained is None and fused_usable(h, hsp):
+        if acts and self._may_fuse and fused_usable(h, hsp):
             # where the UNet takes the concatenation from a patch, the kernel writes it (skip_concat)
             concat = SKIP_CONCATENATION in transformer_options and h.dtype == hsp.dtype
             fused = self._fused_gate(h, hsp, self._row_coefficients(hsp.shape[0], coefficient, skipped),
-                                     want_alpha=self.recorder is not None, concat=concat)
+                                     recorder is not None, concat)
             if fused is not None:
                 out, alpha = fused
-                if self.recorder is not None:
-                    self.recorder.record(block, alpha, s.floor, transformer_options.get("cond_or_uncond"))
+                if recorder is not None:
+                    recorder.record(s.blocks[block_id], alpha, s.floor, transformer_options.get("cond_or_uncond"))
                 if not concat:
                     return h, out
                 h, hsp = out.split_with_sizes((h.shape[1], hsp.shape[1]), 1)  # one call for both views
                 transformer_options[SKIP_CONCATENATION] = (h, hsp, out)
                 return h, hsp
+        block = s.blocks[block_id]
         alpha = self.alpha(block, h, hsp)
         if alpha is None:
             return h, hsp
-        if self.recorder is not None:
-            self.recorder.record(block, alpha, s.floor, transformer_options.get("cond_or_uncond"))
+        if recorder is not None:
+            recorder.record(block, alpha, s.floor, transformer_options.get("cond_or_uncond"))
         if not acts:
             return h, hsp
         m = applied_map(alpha.to(hsp.dtype), coefficient, s.floor, self._one(hsp))
