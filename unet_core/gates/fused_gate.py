@@ -57,9 +57,10 @@ Per stream, a case keeps its launches as ``partial``s of that C function with ev
 kernel's arguments bound, and the arguments that never change from call to call (scratch,
 coefficients, sizes, strides, constants) in one tuple; a call passes the five pointers that do.
 A :class:`FusedSkipGate` (one per patch) finds a call's case with one dictionary lookup, and keeps
-a spare output buffer for one-launch maps (``FusedSkipGate._output``; each under 2^23 elements, under 16 MB for any SD1 block at
-512 px, batch 2, concatenation included). Scratch and barrier buffers are per device and
-stream: work on one stream is ordered, so a gate's kernels only start after the previous gate's.
+a spare output buffer for one-launch maps (``FusedSkipGate._output``; each under 2^23 elements,
+under 16 MB for any SD1 block at 512 px, batch 2, concatenation included). Scratch and barrier
+buffers are per device and stream: work on one stream is ordered, so a gate's kernels only start
+after the previous gate's.
 """
 
 from __future__ import annotations
@@ -346,7 +347,6 @@ def _first_launch(plan: SimpleNamespace, make_args: Callable[[torch.Tensor], tup
     kept = [_kept_launch(compiled, plan.grid) for compiled in two]
     if any(k is None for k in kept):  # the interpreter: bind on every call
         return
-    # from here on, launches are tried through ``on_stream(stream)(*args)``
     values = tuple(plan.constexprs.values())
     candidates = []
     trial = torch.empty_like(out)

@@ -183,9 +183,9 @@ class SkipGatePatch:
         self.settings = settings
         self.trained = trained
         self.recorder = recorder
-        self.fused = fused  # False: always the eager path (the reference; benchmarks compare both)
         self._ones: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self._fused_gate = FusedSkipGate(settings.sharpness, settings.eps)
+        # fused=False: always the eager path (the reference; benchmarks compare both); trained gates are eager
         self._may_fuse = fused and trained is None
         self._keep = 1.0 - settings.floor
 
