@@ -199,9 +199,7 @@ def fused_usable(h: torch.Tensor, hsp: torch.Tensor) -> bool:
     """Whether the fused gate may run on these tensors now: the per-call part of the conditions in
     the module docstring (layouts, shapes, dtypes, devices of both tensors and the switch are
     checked once per case by :class:`FusedSkipGate`, which returns None when they do not hold)."""
-    if _state["failed"] or not hsp.is_cuda:
-        return False
-    return (_state["one_gpu"] or _on_current_device(hsp)) and tensors_allow_fusion(h, hsp)
+    return not _state["failed"] and hsp.is_cuda and _on_current_device(hsp) and tensors_allow_fusion(h, hsp)
 
 
 def _on_current_device(t: torch.Tensor) -> bool:

@@ -187,7 +187,6 @@ class SkipGatePatch:
         self._fused_gate = FusedSkipGate(settings.sharpness, settings.eps)
         # fused=False: always the eager path (the reference; benchmarks compare both); trained gates are eager
         self._may_fuse = fused and trained is None
-        self._keep = 1.0 - settings.floor
 
     def _one(self, like: torch.Tensor) -> torch.Tensor:
         key = (like.device, like.dtype)
@@ -198,7 +197,7 @@ class SkipGatePatch:
 
     def _row_coefficients(self, batch: int, coefficient: float, skipped: list[tuple[int, int]]) -> tuple[float, ...]:
         """Per batch row ``k = c (1 - floor)``, 0 on skipped rows (the fused kernel's row coefficients)."""
-        k = coefficient * self._keep
+        k = coefficient * (1.0 - self.settings.floor)
         if not skipped:
             return (k,) * batch
         values = [k] * batch
@@ -225,11 +224,8 @@ class SkipGatePatch:
         coefficient = s.coefficients.get(block_id)
         if coefficient is None:
             return h, hsp
-        if s.apply_to == "both":
-            acts, skipped = coefficient != 0.0, []
-        else:
-            acts, skipped = chunk_rows(hsp.shape[0], transformer_options, s.apply_to)
-            acts = acts and coefficient != 0.0
+        acts, skipped = chunk_rows(hsp.shape[0], transformer_options, s.apply_to)
+        acts = acts and coefficient != 0.0
         recorder = self.recorder
         if not acts and recorder is None:
             return h, hsp
