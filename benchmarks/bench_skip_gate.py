@@ -15,7 +15,14 @@ kernel time per step (torch.profiler) is given too: it is free of host jitter. G
 (``diffusion/skip_concat.py``); "gate all levels, UNet concatenates": the same gate called as
 ComfyUI's UNet calls it, without that offer, so the UNet copies ``h`` and ``m * hsp`` itself.
 
+``--comfyui PATH`` times ComfyUI's own UNet (``comfy/ldm/modules/diffusionmodules/openaimodel.py``
+of the ComfyUI checkout at PATH, with ComfyUI's ``disable_weight_init`` layers, as ComfyUI runs an
+fp16 UNet) in place of ours, with the same weights: what a ComfyUI user's sampling step pays. That
+UNet never takes the concatenation from a patch, so there "gate all levels" is the ComfyUI way too.
+Nothing is installed; the checkout's own dependencies (einops, psutil, ...) must be importable.
+
     python benchmarks/bench_skip_gate.py --device cuda --json results.json
+    python benchmarks/bench_skip_gate.py --device cuda --comfyui ~/ComfyUI --json comfyui.json
     python benchmarks/bench_skip_gate.py --quick            # CPU smoke run on reduced configs
 """
 
@@ -45,10 +52,10 @@ def _configs(quick: bool):
     if not quick:
         return {"sd1": (SD1_CONFIG, 64), "sdxl": (SDXL_CONFIG, 128)}
     sd1 = UNetConfig(block_out_channels=(32, 64, 64, 64), layers_per_block=2, transformer_layers_per_block=(1, 1, 1, 0),
-                     num_attention_heads=(2, 2, 2, 2), cross_attention_dim=64, norm_num_groups=8)
+                     num_attention_heads=(2, 2, 2, 2), cross_attention_dim=64, norm_num_groups=32)
     sdxl = UNetConfig(block_out_channels=(32, 64, 64), layers_per_block=2, transformer_layers_per_block=(0, 1, 2),
                       num_attention_heads=(2, 2, 2), cross_attention_dim=64, use_linear_projection=True,
-                      norm_num_groups=8, addition_embed_type="text_time", addition_time_embed_dim=8,
+                      norm_num_groups=32, addition_embed_type="text_time", addition_time_embed_dim=8,
                       projection_class_embeddings_input_dim=64)
     return {"sd1": (sd1, 32), "sdxl": (sdxl, 32)}
 
@@ -66,8 +73,54 @@ def _without_concatenation_offer(patch):
     return call
 
 
-def _variants(config):
-    """name -> transformer_options (None: the unpatched reference)."""
+def comfy_unet_kwargs(config) -> dict:
+    """The arguments of ComfyUI's ``UNetModel`` for one of our configs (LDM names: one transformer
+    depth per input block and per output block, one head count or one head width for all levels)."""
+    base = config.block_out_channels[0]
+    blocks = config.layers_per_block
+    depths = config.transformer_layers_per_block
+    kwargs = {"in_channels": config.in_channels, "out_channels": config.out_channels, "model_channels": base,
+              "channel_mult": [c // base for c in config.block_out_channels],
+              "num_res_blocks": [blocks] * config.num_levels,
+              "transformer_depth": [d for d in depths for _ in range(blocks)],
+              "transformer_depth_output": [d for d in depths for _ in range(blocks + 1)],
+              "transformer_depth_middle": config.mid_transformer_layers, "context_dim": config.cross_attention_dim,
+              "use_linear_in_transformer": config.use_linear_projection, "use_spatial_transformer": True,
+              "legacy": False, "norm_num_groups": config.norm_num_groups}
+    heads = set(config.num_attention_heads)
+    widths = {c // n for c, n in zip(config.block_out_channels, config.num_attention_heads, strict=True)}
+    if len(heads) == 1:
+        kwargs["num_heads"] = heads.pop()
+    elif len(widths) == 1:
+        kwargs["num_head_channels"] = widths.pop()
+    else:
+        raise ValueError("ComfyUI's UNetModel takes one head count or one head width for all levels")
+    if config.projection_class_embeddings_input_dim:
+        kwargs.update(num_classes="sequential", adm_in_channels=config.projection_class_embeddings_input_dim)
+    return kwargs
+
+
+def _comfy_unet(checkout: str, config, device, dtype, state_dict):
+    """ComfyUI's UNet from the checkout at ``checkout`` with our model's weights (the same LDM keys)."""
+    sys.path.insert(0, str(Path(checkout).expanduser().resolve()))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = device.type == "cpu"  # read when comfy.model_management is first imported
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel as ComfyUNet
+
+    kwargs = comfy_unet_kwargs(config)
+    if kwargs.pop("norm_num_groups") != 32:
+        raise ValueError("ComfyUI's UNetModel has 32 norm groups")
+    model = ComfyUNet(image_size=32, **kwargs, dtype=dtype, device=device, operations=comfy.ops.disable_weight_init)
+    model.load_state_dict(state_dict, strict=True)  # strict: the layouts must agree key for key and in shape
+    return model.eval()
+
+
+def _variants(config, offers_concatenation: bool = True):
+    """name -> transformer_options (None: the unpatched reference). ``offers_concatenation``: the
+    UNet offers to take the concatenation from a patch (ours does; ComfyUI's UNet makes no offer,
+    so there the variant that withholds it would time the same gate again)."""
     from unet_lab.unet_core.gates.skip_gate import GateMapRecorder, SkipGatePatch, build_settings
 
     def opts(patch, cond_or_uncond=(1, 0)):
@@ -75,7 +128,7 @@ def _variants(config):
 
     both = build_settings(config, 0.5, floor=0.1)
     cond = build_settings(config, 0.5, floor=0.1, apply_to="cond")
-    return {
+    variants = {
         "unpatched": {"cond_or_uncond": [1, 0]},
         "gate all levels": opts(SkipGatePatch(both)),
         "gate all levels, UNet concatenates": opts(_without_concatenation_offer(SkipGatePatch(both))),
@@ -84,6 +137,9 @@ def _variants(config):
         "gate cond only": opts(SkipGatePatch(cond)),
         "strength 0": opts(SkipGatePatch(build_settings(config, 0.0))),
     }
+    if not offers_concatenation:
+        del variants["gate all levels, UNet concatenates"]
+    return variants
 
 
 def _inputs(config, size: int, device, dtype, batch: int = 2):
@@ -135,7 +191,8 @@ def _median_by_place(samples: list[float], places: list[int]) -> list[float | No
             for p in range(max(places, default=-1) + 1)]
 
 
-def bench_family(family: str, config, size: int, device, dtype, warmup: int, rounds: int, steps: int) -> dict:
+def bench_family(family: str, config, size: int, device, dtype, warmup: int, rounds: int, steps: int,
+                 comfyui: str | None = None) -> dict:
     from unet_lab.unet_core.diffusion.unet import UNetModel
 
     torch.manual_seed(0)
@@ -144,7 +201,18 @@ def bench_family(family: str, config, size: int, device, dtype, warmup: int, rou
     model = model.to(dtype=dtype).eval()
     model.dtype = dtype
     x, t, context, y = _inputs(config, size, device, dtype)
-    variants = _variants(config)
+    variants = _variants(config, offers_concatenation=not comfyui)
+    host = {"unet": "ours"}
+    if comfyui:  # the same weights in both UNets: outputs agree up to kernel differences, gated or not
+        compared = ("unpatched", "gate all levels, eager")
+        with torch.inference_mode():
+            ours = [model(x, t, context, y, transformer_options=dict(variants[n])).float() for n in compared]
+            model = _comfy_unet(comfyui, config, device, dtype, model.state_dict())
+            theirs = [model(x, t, context, y, transformer_options=dict(variants[n])).float() for n in compared]
+        host = {"unet": "comfyui", "unpatched_output_max_abs": float(ours[0].abs().max()),
+                **{f"comfyui_vs_ours_{n.replace(' ', '_').replace(',', '')}_max_abs_diff": float((a - b).abs().max())
+                   for n, a, b in zip(compared, theirs, ours, strict=True)}}
+        del ours, theirs
     times: dict[str, list[float]] = {name: [] for name in variants}
     places: dict[str, list[int]] = {name: [] for name in variants}  # each step's place in its round
     outputs = {}
@@ -175,8 +243,8 @@ def bench_family(family: str, config, size: int, device, dtype, warmup: int, rou
     from unet_lab.unet_core.gates import fused_gate
 
     fused, eager = outputs["gate all levels"], outputs["gate all levels, eager"]
-    unjoined = outputs["gate all levels, UNet concatenates"]
-    result = {"family": family, "latent": [size, size], "batch": 2, "dtype": str(dtype).replace("torch.", ""),
+    unjoined = outputs.get("gate all levels, UNet concatenates", fused)
+    result = {"family": family, **host, "latent": [size, size], "batch": 2, "dtype": str(dtype).replace("torch.", ""),
               "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
               "steps_per_variant": len(times["unpatched"]),
               "fused_gate_used": bool(device.type == "cuda" and fused_gate.triton_available()
@@ -184,6 +252,7 @@ def bench_family(family: str, config, size: int, device, dtype, warmup: int, rou
               # the fused and eager gates on the same step: their difference next to the gate's own effect
               "fused_vs_eager_max_abs_diff": float((fused - eager).abs().max()),
               # the gate with and without writing the concatenation: the same math, other output strides
+              # (0 with --comfyui, whose UNet never takes the concatenation from the gate)
               "concatenation_vs_plain_max_abs_diff": float((fused - unjoined).abs().max()),
               "gate_effect_max_abs": float((eager - ref).abs().max()),
               # the unpatched step's median by its place in the round: how much the place alone moves a step
@@ -220,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--families", default="sd1,sdxl")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None, help="steps per variant per round")
+    parser.add_argument("--comfyui", default=None, metavar="PATH",
+                        help="time ComfyUI's own UNet from the ComfyUI checkout at PATH (same weights) in place of ours")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
@@ -238,12 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     configs = _configs(args.quick)
     for family in [f.strip() for f in args.families.split(",") if f.strip()]:
         config, size = configs[family]
-        result = bench_family(family, config, size, device, dtype, warmup, rounds, steps)
+        result = bench_family(family, config, size, device, dtype, warmup, rounds, steps, args.comfyui)
         report["results"].append(result)
         for name, v in result["variants"].items():
-            log.info("%-5s %-24s median %8.3f ms  (p10 %8.3f, p90 %8.3f)  overhead paired %+6.2f %%, of medians "
+            log.info("%-5s %-7s %-24s median %8.3f ms  (p10 %8.3f, p90 %8.3f)  overhead paired %+6.2f %%, of medians "
                      "%+6.2f %%, at p10 %+6.2f %%  GPU kernels %s ms (%+.2f %%, %s a step)  changed=%s finite=%s",
-                     family, name, v["median_ms"], v["p10_ms"], v["p90_ms"], v["overhead_paired_pct"],
+                     family, result["unet"], name, v["median_ms"], v["p10_ms"], v["p90_ms"], v["overhead_paired_pct"],
                      v["overhead_pct"], v["overhead_p10_pct"], v.get("gpu_kernel_ms", "-"),
                      v.get("gpu_overhead_pct", 0.0), v.get("kernels_per_step", "-"),
                      v["output_changed"], v["output_finite"])

@@ -12,7 +12,8 @@ and mixed layouts) it runs a fresh ``FusedSkipGate`` and checks:
 - the concatenation (``concat=True``): its first channels are ``h`` bitwise, the others match
   ``m * hsp`` of the plain call to within one unit in the last place (the two are compiled for
   different output strides), and its strides are those of ``torch.cat([h, hsp], 1)``;
-- later calls (the kept launches) give the first call's output bitwise.
+- later calls (the kept launches) give the first call's output bitwise, and so do repeats of
+  a call through ``FusedSkipGate.again`` (one-launch maps; two-launch maps answer None there).
 
     python benchmarks/check_skip_gate.py --device cuda --json check.json
     python benchmarks/check_skip_gate.py --device cpu      # a few cases in Triton's CPU interpreter
@@ -69,11 +70,12 @@ def check_case(shape, dtype, layout, device, seed: int = 0) -> dict:
     rows = (0.45,) * shape[0]
     gate = FusedSkipGate(1.0, 1e-5)
     with torch.inference_mode():
-        plain = gate(h, hsp, rows)
-        joined = gate(h, hsp, rows, concat=True)
+        plain = gate(h, hsp, rows, slot="plain")
+        joined = gate(h, hsp, rows, concat=True, slot="joined")
         if plain is None or joined is None:
             return {"ok": False, "why": "the fused gate refused the case"}
         plain, joined = plain[0].clone(), joined[0].clone()
+        repeats = _repeats(gate, h, hsp, {"plain": plain, "joined": joined})
         again = [gate(h, hsp, rows, concat=concat)[0] for concat in (False, True, False, True)]
         eager = hsp * applied_map(energy_alpha(h, hsp), 0.45, 0.0)
         scale = max(1.0, hsp.float().abs().max().item())
@@ -87,11 +89,26 @@ def check_case(shape, dtype, layout, device, seed: int = 0) -> dict:
             "joined_gated_max_abs_diff": joined_diff,
             "joined_strides_as_cat": joined.stride() == torch.cat([h, hsp], 1).stride(),
             "kept_launches_bitwise": all(torch.equal(a, plain if i % 2 == 0 else joined) for i, a in enumerate(again)),
+            **repeats,
         }
     result["ok"] = (eager_diff <= result["eager_tolerance"] and result["joined_h_bitwise"]
                     and joined_diff <= ULP[dtype] * scale and result["joined_strides_as_cat"]
-                    and result["kept_launches_bitwise"])
+                    and result["kept_launches_bitwise"] and result["repeats_bitwise"])
     return result
+
+
+def _repeats(gate, h, hsp, firsts: dict) -> dict:
+    """``FusedSkipGate.again`` after each slot's first call: twice, into the spare output (free
+    again once the first repeat's output is dropped), bitwise that first call's output. Two-launch
+    maps keep no spare and so no repeat: there ``again`` must answer None."""
+    kept = [slot for slot in firsts if slot in gate._repeats]
+    same = []
+    for slot, first in firsts.items():
+        for _ in range(2):
+            out = gate.again(slot, h, hsp, None, slot == "joined")
+            same.append(torch.equal(out, first) if slot in kept else out is None)
+            del out
+    return {"repeat_slots": kept, "repeats_bitwise": all(same)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,3 +121,56 @@ def test_round_orders_are_reproducible_permutations_that_move_every_variant():
     assert places == {(name, place) for name in names for place in range(len(names))}
     follows = {(a, b) for order in orders for a, b in zip(order[:-1], order[1:], strict=True)}
     assert follows == {(a, b) for a in names for b in names if a != b}
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_comfyui_unet_arguments_are_those_comfyui_detects(monkeypatch, family):
+    """``bench_skip_gate --comfyui`` builds ComfyUI's UNetModel from our config: the arguments are
+    those ComfyUI's model detection gives an SD1.5 / SDXL UNet (transformer depths per input and
+    per output block, listed shallow level first; one head count or one head width), and our
+    LDM config reader turns them back into the same config."""
+    from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SDXL_CONFIG
+    from unet_lab.unet_core.diffusion.ldm_config import config_from_ldm_unet_config
+
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    bench = load_script("benchmarks/bench_skip_gate.py")
+    expected = {
+        "sd1": {"model_channels": 320, "channel_mult": [1, 2, 4, 4], "num_res_blocks": [2, 2, 2, 2],
+                "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1,
+                "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "context_dim": 768,
+                "num_heads": 8, "use_linear_in_transformer": False},
+        "sdxl": {"model_channels": 320, "channel_mult": [1, 2, 4], "num_res_blocks": [2, 2, 2],
+                 "transformer_depth": [0, 0, 2, 2, 10, 10], "transformer_depth_middle": 10,
+                 "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10], "context_dim": 2048,
+                 "num_head_channels": 64, "use_linear_in_transformer": True, "num_classes": "sequential",
+                 "adm_in_channels": 2816},
+    }[family]
+    config = {"sd1": SD1_CONFIG, "sdxl": SDXL_CONFIG}[family]
+    kwargs = bench.comfy_unet_kwargs(config)
+    assert {k: kwargs[k] for k in expected} == expected
+    assert ("num_head_channels" in kwargs) == (family == "sdxl") and ("num_heads" in kwargs) == (family == "sd1")
+    assert config_from_ldm_unet_config(kwargs) == config
+
+
+def test_h200_comfyui_unet_figures_are_those_the_docs_give():
+    """The figures of ``h200_2026-12-04d`` that README and docs/gates.md quote: the gate timed inside
+    ComfyUI's own UNet, whose unpatched SD1 output is bitwise ours, before and after the repeat path."""
+    import json
+
+    base = REPO_ROOT / "benchmarks" / "results" / "h200_2026-12-04d"
+
+    def figures(name, family="sd1"):
+        (result,) = [r for r in json.loads((base / name).read_text())["results"] if r["family"] == family]
+        return result, {k: v["overhead_paired_pct"] for k, v in result["variants"].items()}
+
+    sd1, after = figures("comfyui_sd1.json")
+    assert sd1["unet"] == "comfyui" and sd1["fused_gate_used"] and sd1["comfyui_vs_ours_unpatched_max_abs_diff"] == 0.0
+    assert "gate all levels, UNet concatenates" not in after  # ComfyUI's UNet makes no offer to withhold
+    _, before = figures("before/comfyui.json")
+    assert (before["gate all levels"], after["gate all levels"]) == (2.74, 2.38)
+    assert figures("before/comfyui.json", "sdxl")[1]["gate all levels"] == 0.28
+    assert figures("comfyui_sdxl.json", "sdxl")[1]["gate all levels"] == 1.20
+    assert figures("ours_sd1.json")[1]["gate all levels"] == 1.79
+    cases = json.loads((base / "check_skip_gate_fp16.json").read_text())["cases"]
+    assert all(c["ok"] and c["repeats_bitwise"] for c in cases)
+    assert sum(c["repeat_slots"] == ["plain", "joined"] for c in cases) == 21

@@ -205,3 +205,110 @@ def test_gpu_check_script_runs_its_checks_in_the_interpreter(tmp_path):
     assert len(cases) == 6 and all(c["ok"] for c in cases)
     assert all(c["joined_h_bitwise"] and c["joined_strides_as_cat"] and c["kept_launches_bitwise"] for c in cases)
     assert all(0 < c["eager_max_abs_diff"] <= c["eager_tolerance"] for c in cases)  # compared, and close
+
+
+def _fake_launch_gate(monkeypatch, recorded: list):
+    """A FusedSkipGate on CPU whose cases plan one launch (a spare output) and whose kept launch
+    records its pointer arguments in place of running a kernel."""
+    from unet_lab.unet_core.gates import fused_gate
+
+    def first_launch(plan, make_args, out, stream):
+        recorded.append(("bound", fused_gate._as_pointers(make_args(out))))
+        plan.launches = [(lambda stream: (lambda *args: recorded.append(("kept", args))), ("values", 0))]
+
+    monkeypatch.setattr(fused_gate, "_first_launch", first_launch)
+    monkeypatch.setattr(fused_gate, "load_kernels", lambda fresh=False: None)
+    monkeypatch.setattr(fused_gate, "_multiprocessors", lambda device_index: 132)  # as on an H200: one launch
+    monkeypatch.setattr(fused_gate, "_state", dict(fused_gate._state, plans={}, one_gpu=True, failed=False))
+    return fused_gate.FusedSkipGate(1.0, 1e-5)
+
+
+@pytest.mark.parametrize("concat", [False, True])
+def test_a_repeat_launches_what_the_full_call_would_into_the_free_spare(monkeypatch, concat):
+    """``FusedSkipGate.again`` repeats a slot's last call: the same pointer list the kept launch
+    of a full call gets (output in the spare), and the spare handed out as a fresh alias."""
+    from unet_lab.unet_core.gates import fused_gate
+
+    if fused_gate._storage_use_count is None:
+        pytest.skip("this torch has no storage use count: no spare, so no repeat")
+    recorded: list = []
+    gate = _fake_launch_gate(monkeypatch, recorded)
+    h, hsp = torch.randn(2, 8, 4, 4), torch.randn(2, 4, 4, 4)
+    assert gate.again(3, h, hsp, None, concat) is None  # nothing to repeat yet
+    first, _ = gate(h, hsp, (0.5, 0.5), False, concat, 3, None)
+    spare_ptr = first.data_ptr()
+    del first
+    second, _ = gate(h, hsp, (0.5, 0.5), False, concat, 3, None)  # a full call with kept launches
+    assert second.data_ptr() == spare_ptr
+    del second
+    repeat = gate.again(3, h, hsp, None, concat)
+    assert repeat is not None and repeat.data_ptr() == spare_ptr
+    assert repeat.shape == ((2, 12, 4, 4) if concat else hsp.shape)
+    assert [kind for kind, _ in recorded] == ["bound", "kept", "kept"]
+    assert recorded[2][1] == recorded[1][1]  # the same tensors, the same spare: the same arguments
+    assert gate.again(3, h, hsp, None, concat) is None  # ``repeat`` still holds the spare
+    view = repeat[:, :1]
+    del repeat
+    assert gate.again(3, h, hsp, None, concat) is None  # so does a view of it
+    del view
+    assert gate.again(3, h, hsp, None, concat) is not None
+
+
+def test_a_repeat_is_refused_where_anything_the_case_depends_on_changed(monkeypatch):
+    """Every condition the full call checks per case or per call, the repeat checks against the
+    slot's last call: tag, output kind, layouts, dtypes, alignment, gradients, the failed switch."""
+    from unet_lab.unet_core.gates import fused_gate
+
+    if fused_gate._storage_use_count is None:
+        pytest.skip("this torch has no storage use count: no spare, so no repeat")
+    recorded: list = []
+    gate = _fake_launch_gate(monkeypatch, recorded)
+    h, hsp = torch.randn(2, 8, 4, 4), torch.randn(2, 4, 4, 4)
+    gate(h, hsp, (0.5, 0.5), False, False, 3, (1, 0))
+    assert gate(h, hsp, (0.5, 0.5), True, False, 4, None) is not None  # alpha wanted: no repeat kept
+    count = len(recorded)
+
+    def refused(slot=3, g=h, x=hsp, tag=(1, 0), concat=False):
+        return gate.again(slot, g, x, tag, concat) is None
+
+    assert not refused()
+    assert len(recorded) == count + 1
+    unaligned = torch.randn(2 * 4 * 16 + 1)[1:].view(2, 4, 4, 4)
+    assert refused(slot=4) and refused(slot=5) and refused(tag=(0, 1)) and refused(tag=None) and refused(concat=True)
+    assert refused(x=hsp.contiguous(memory_format=torch.channels_last)) and refused(x=hsp.half())
+    assert refused(g=torch.randn(2, 6, 4, 4)) and refused(x=torch.randn(4, 4, 4, 4)) and refused(x=unaligned)
+    assert refused(x=hsp.clone().requires_grad_(True))
+    monkeypatch.setitem(fused_gate._state, "failed", True)
+    assert refused()
+    assert len(recorded) == count + 1  # no refused repeat launched anything
+
+
+def test_patch_repeats_a_blocks_fused_call_with_its_pass_choice_as_tag(monkeypatch):
+    """The patch tries the block's repeat first, with the tag its rows follow from (None for both
+    passes, the cond/uncond order otherwise), and makes the full call when the repeat is refused."""
+    from unet_lab.unet_core.diffusion.config import SD1_CONFIG
+    from unet_lab.unet_core.gates import skip_gate
+
+    calls = []
+    out = torch.zeros(2, 4, 4, 4)
+
+    class Fused:
+        def again(self, slot, h, hsp, tag, concat):
+            calls.append(("again", slot, tag, concat))
+            return out if len(calls) > 2 else None
+
+        def __call__(self, h, hsp, rows, want_alpha, concat, slot, tag):
+            calls.append(("full", slot, tag, rows))
+            return out, None
+
+    monkeypatch.setattr(skip_gate, "fused_usable", lambda h, hsp: True)
+    h, hsp = torch.randn(2, 8, 4, 4), torch.randn(2, 4, 4, 4)
+    options = {"block": ("output", 3), "cond_or_uncond": [1, 0]}
+    for apply_to, tag, rows in (("both", None, (0.45, 0.45)), ("cond", (1, 0), (0.0, 0.45))):
+        calls.clear()
+        patch = skip_gate.SkipGatePatch(skip_gate.build_settings(SD1_CONFIG, 0.5, floor=0.1, apply_to=apply_to))
+        patch._fused_gate = Fused()
+        assert patch(h, hsp, options)[1] is out
+        assert patch(h, hsp, options)[1] is out
+        assert calls[:3] == [("again", 3, tag, False), ("full", 3, tag, pytest.approx(rows)), ("again", 3, tag, False)]
+        assert len(calls) == 3  # the second call was the repeat alone

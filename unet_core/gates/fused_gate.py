@@ -56,7 +56,9 @@ otherwise call ``data_ptr()`` and ask the driver about every tensor argument on 
 Per stream, a case keeps its launches as ``partial``s of that C function with everything but the
 kernel's arguments bound, and the arguments that never change from call to call (scratch,
 coefficients, sizes, strides, constants) in one tuple; a call passes the five pointers that do.
-A :class:`FusedSkipGate` (one per patch) finds a call's case with one dictionary lookup, and keeps
+A :class:`FusedSkipGate` (one per patch) finds a call's case with one dictionary lookup; a
+patch's call that repeats its block's last one (every step after the first) skips that too:
+:meth:`FusedSkipGate.again` compares the layouts with that call's and launches. It keeps
 a spare output buffer for one-launch maps (``FusedSkipGate._output``; each under 2^23 elements,
 under 16 MB for any SD1 block at 512 px, batch 2, concatenation included). Scratch and barrier
 buffers are per device and stream: work on one stream is ordered, so a gate's kernels only start
@@ -195,6 +197,13 @@ def pixel_flat(t: torch.Tensor) -> bool:
     return t.dim() == 4 and (t.shape[2] == 1 or t.stride(2) == t.shape[3] * t.stride(3))
 
 
+def _fail(exc: BaseException) -> None:
+    """A launch failed: log it once, and leave the fused path for the rest of the process."""
+    _state["failed"] = True
+    log.warning("fused skip gate unavailable (%s: %s); using the eager gate", type(exc).__name__,
+                str(exc).splitlines()[0][:200] if str(exc) else "")
+
+
 def fused_usable(h: torch.Tensor, hsp: torch.Tensor) -> bool:
     """Whether the fused gate may run on these tensors now: the per-call part of the conditions in
     the module docstring (layouts, shapes, dtypes, devices of both tensors and the switch are
@@ -316,6 +325,16 @@ def _new_plan(key: tuple, h: torch.Tensor, hsp: torch.Tensor, want_alpha: bool, 
         x_channel=h.shape[1] if concat else 0, x_offset=(h.shape[1] * so[1] * hsp.element_size()) if concat else 0))
 
 
+def _layout(h: torch.Tensor, hsp: torch.Tensor) -> tuple:
+    """What a case is specialised on besides the rows and the output kind: shapes, strides, dtypes, devices."""
+    return hsp.shape, hsp.stride(), h.shape, h.stride(), hsp.dtype, h.dtype, hsp.get_device(), h.get_device()
+
+
+def _current_stream(plan: SimpleNamespace) -> Any:
+    """The current stream of the plan's device as Triton names it (an int on CUDA; None elsewhere)."""
+    return plan.current_stream(plan.device_index) if plan.current_stream is not None else None
+
+
 def _bind(plan: SimpleNamespace, args: tuple, phase: int) -> Any:
     """Launch one phase through ``kernel[grid]`` (binds its arguments, compiles if needed);
     returns the compiled kernel (in the interpreter: whatever the interpreter returns)."""
@@ -386,6 +405,7 @@ class FusedSkipGate:
         self.sharpness = float(sharpness)
         self.eps = float(eps)
         self._cases: dict[tuple, SimpleNamespace] = {}
+        self._repeats: dict[Any, SimpleNamespace] = {}  # slot -> what :meth:`again` checks and launches
 
     def _new_case(self, key: tuple, h: torch.Tensor, hsp: torch.Tensor, rows: tuple[float, ...],
                   want_alpha: bool, concat: bool) -> SimpleNamespace:
@@ -440,13 +460,13 @@ class FusedSkipGate:
         if not keep_spare or _storage_use_count is None:
             return out
         storage = out.untyped_storage()  # held with the spare: its reference stays in the count
-        lane.spare = (out, storage, storage._cdata, _storage_use_count(storage._cdata))
+        lane.spare = (out, storage, storage._cdata, _storage_use_count(storage._cdata), out.data_ptr())
         return out.detach()
 
     def __call__(self, h: torch.Tensor, hsp: torch.Tensor, rows: tuple[float, ...], want_alpha: bool = False,
-                 concat: bool = False) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        key = (hsp.shape, hsp.stride(), h.shape, h.stride(), hsp.dtype, h.dtype, hsp.get_device(), h.get_device(),
-               rows, want_alpha, concat)
+                 concat: bool = False, slot: Any = None, tag: Any = None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        layout = _layout(h, hsp)
+        key = (*layout, rows, want_alpha, concat)
         try:
             case = self._cases.get(key) or self._new_case(key, h, hsp, rows, want_alpha, concat)
             if not case.ok:
@@ -456,7 +476,7 @@ class FusedSkipGate:
             if (x_ptr | g_ptr) & 15:
                 return None  # unaligned data would need other kernels: the eager path
             plan = case.plan
-            stream = plan.current_stream(plan.device_index) if plan.current_stream is not None else None
+            stream = _current_stream(plan)
             lane = case.lanes.get(stream) or self._new_lane(case, stream)
             out = self._output(lane, plan.out_shape, plan.out_stride, hsp, plan.single)
             alpha = torch.empty(hsp.shape[0], 1, *hsp.shape[2:], dtype=hsp.dtype, device=hsp.device) if want_alpha else None
@@ -469,12 +489,47 @@ class FusedSkipGate:
                 alpha_ptr = alpha.data_ptr() if want_alpha else lane.scratch_ptr
                 for launch, fixed in lane.calls:
                     launch(x_ptr, g_ptr, x_out_ptr, g_out_ptr, alpha_ptr, *fixed)
+            if slot is not None and not want_alpha and lane.spare is not None and lane.calls is not None:
+                self._repeats[slot] = SimpleNamespace(tag=tag, concat=concat, layout=layout, plan=plan, lane=lane,
+                                                      stream=stream)
         except Exception as exc:  # noqa: BLE001 - any launch failure falls back to the eager gate
-            _state["failed"] = True
-            log.warning("fused skip gate unavailable (%s: %s); using the eager gate", type(exc).__name__,
-                        str(exc).splitlines()[0][:200] if str(exc) else "")
+            _fail(exc)
             return None
         return out, alpha
+
+    def again(self, slot: Any, h: torch.Tensor, hsp: torch.Tensor, tag: Any, concat: bool) -> torch.Tensor | None:
+        """The output of a call that repeats ``slot``'s last one (a patch passes its block id), or None.
+
+        A sampling step calls each block's gate with tensors of the layouts of the step before, so
+        the case, its lane and its launches are the ones that call used. This checks just that,
+        with no lookup: the same layouts, dtypes and devices as the call that left ``slot``
+        (``__call__`` with ``slot``, no alpha wanted, on a one-launch map with a spare output),
+        the same ``tag`` (what the caller's rows follow from besides the batch: the patch's pass
+        choice) and ``concat``, the same device and stream, aligned data, no gradient wanted, not
+        compiling, and the lane's spare output free. Then it launches into the spare. None where
+        anything differs: the caller makes the full call, which runs every check of the case."""
+        last = self._repeats.get(slot)
+        if last is None or last.tag != tag or last.concat != concat or _state["failed"]:
+            return None
+        if _layout(h, hsp) != last.layout or not (_on_current_device(hsp) and tensors_allow_fusion(h, hsp)):
+            return None
+        plan, lane = last.plan, last.lane
+        if _current_stream(plan) != last.stream:
+            return None
+        x_ptr = hsp.data_ptr()
+        g_ptr = h.data_ptr()
+        spare = lane.spare
+        if (x_ptr | g_ptr) & 15 or _storage_use_count(spare[2]) != spare[3]:
+            return None
+        out_ptr = spare[4]
+        scratch_ptr = lane.scratch_ptr
+        try:
+            for launch, fixed in lane.calls:
+                launch(x_ptr, g_ptr, out_ptr + plan.x_offset, out_ptr if concat else scratch_ptr, scratch_ptr, *fixed)
+        except Exception as exc:  # noqa: BLE001 - as in __call__
+            _fail(exc)
+            return None
+        return spare[0].detach()
 
     @staticmethod
     def _bound_call(case: SimpleNamespace, lane: SimpleNamespace, h: torch.Tensor, hsp: torch.Tensor,

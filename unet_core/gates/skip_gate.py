@@ -33,7 +33,9 @@ such entry the whole batch counts as one cond chunk.
 Cost per gated block: on CUDA with Triton, one fused kernel in one launch (two for large maps;
 ``fused_gate.py``), which in our UNet also writes the block's ``cat([h, hsp], 1)`` and returns
 ``h`` and ``hsp`` as its two views, so the UNet does not copy them again (``skip_concat``);
-elsewhere, for trained gates, and as the reference, 10 eager kernels: two
+from the second model call on, a block's call repeats its last one (``FusedSkipGate.again``:
+the tensors are checked against that call's and the kernel launched, with no case lookup, while
+maps are not recorded); elsewhere, for trained gates, and as the reference, 10 eager kernels: two
 channel reductions written into one [B, 2, H, W] buffer, one instance norm (3 kernels), add,
 sigmoid, one lerp for the applied map and one multiply of ``hsp``. No host sync after a case's
 first call, no copy of the features.
@@ -224,25 +226,27 @@ class SkipGatePatch:
         coefficient = s.coefficients.get(block_id)
         if coefficient is None:
             return h, hsp
+        recorder = self.recorder
+        # where the UNet takes the concatenation from a patch, the kernel writes it (skip_concat)
+        concat = SKIP_CONCATENATION in transformer_options and h.dtype == hsp.dtype
+        # the rows' coefficients follow from the batch (in the layouts ``again`` checks) and the passes
+        tag = None if s.apply_to == "both" else tuple(transformer_options.get("cond_or_uncond") or (0,))
+        if recorder is None and self._may_fuse:  # in a sampling step: a repeat of this block's last fused call
+            out = self._fused_gate.again(block_id, h, hsp, tag, concat)
+            if out is not None:
+                return _handed_back(h, hsp, out, concat, transformer_options)
         acts, skipped = chunk_rows(hsp.shape[0], transformer_options, s.apply_to)
         acts = acts and coefficient != 0.0
-        recorder = self.recorder
         if not acts and recorder is None:
             return h, hsp
         if acts and self._may_fuse and fused_usable(h, hsp):
-            # where the UNet takes the concatenation from a patch, the kernel writes it (skip_concat)
-            concat = SKIP_CONCATENATION in transformer_options and h.dtype == hsp.dtype
             fused = self._fused_gate(h, hsp, self._row_coefficients(hsp.shape[0], coefficient, skipped),
-                                     recorder is not None, concat)
+                                     recorder is not None, concat, block_id, tag)
             if fused is not None:
                 out, alpha = fused
                 if recorder is not None:
                     recorder.record(s.blocks[block_id], alpha, s.floor, transformer_options.get("cond_or_uncond"))
-                if not concat:
-                    return h, out
-                h, hsp = out.split_with_sizes((h.shape[1], hsp.shape[1]), 1)  # one call for both views
-                transformer_options[SKIP_CONCATENATION] = (h, hsp, out)
-                return h, hsp
+                return _handed_back(h, hsp, out, concat, transformer_options)
         block = s.blocks[block_id]
         alpha = self.alpha(block, h, hsp)
         if alpha is None:
@@ -255,6 +259,17 @@ class SkipGatePatch:
         for start, stop in skipped:
             m[start:stop] = 1.0
         return h, hsp * m
+
+
+def _handed_back(h: torch.Tensor, hsp: torch.Tensor, out: torch.Tensor, concat: bool,
+                 transformer_options: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The patch's return for a fused gate's output: ``(h, m * hsp)``, or with ``concat`` the two
+    channel slices of ``out = cat([h, m * hsp], 1)``, handed to the UNet as its concatenation."""
+    if not concat:
+        return h, out
+    h, hsp = out.split_with_sizes((h.shape[1], hsp.shape[1]), 1)  # one call for both views
+    transformer_options[SKIP_CONCATENATION] = (h, hsp, out)
+    return h, hsp
 
 
 def build_settings(config: Any, strength: float, levels: str = "all", level_strengths: str = "",
