@@ -102,7 +102,10 @@ def comfy_unet_kwargs(config) -> dict:
 
 def _comfy_unet(checkout: str, config, device, dtype, state_dict):
     """ComfyUI's UNet from the checkout at ``checkout`` with our model's weights (the same LDM keys)."""
-    sys.path.insert(0, str(Path(checkout).expanduser().resolve()))
+    root = Path(checkout).expanduser().resolve()
+    if not (root / "comfy" / "ldm" / "modules" / "diffusionmodules" / "openaimodel.py").is_file():
+        raise SystemExit(f"--comfyui {checkout}: not a ComfyUI checkout (no comfy/ldm/modules/diffusionmodules/openaimodel.py)")
+    sys.path.insert(0, str(root))
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = device.type == "cpu"  # read when comfy.model_management is first imported
@@ -112,6 +115,7 @@ def _comfy_unet(checkout: str, config, device, dtype, state_dict):
     kwargs = comfy_unet_kwargs(config)
     if kwargs.pop("norm_num_groups") != 32:
         raise ValueError("ComfyUI's UNetModel has 32 norm groups")
+    # image_size is required but unused by the model; ComfyUI's model detection passes 32
     model = ComfyUNet(image_size=32, **kwargs, dtype=dtype, device=device, operations=comfy.ops.disable_weight_init)
     model.load_state_dict(state_dict, strict=True)  # strict: the layouts must agree key for key and in shape
     return model.eval()
