@@ -99,9 +99,18 @@ def check_case(shape, dtype, layout, device, seed: int = 0) -> dict:
 
 def _repeats(gate, h, hsp, firsts: dict) -> dict:
     """``FusedSkipGate.again`` after each slot's first call: twice, into the spare output (free
-    again once the first repeat's output is dropped), bitwise that first call's output. Two-launch
-    maps keep no spare and so no repeat: there ``again`` must answer None."""
-    kept = [slot for slot in firsts if slot in gate._repeats]
+    again once the first repeat's output is dropped), bitwise that first call's output. A repeat
+    is expected where the slot's case planned one launch with kept launches (and this torch has
+    the storage use count the spare needs); two-launch maps, and Triton's interpreter, keep no
+    repeat: there ``again`` must answer None."""
+    from unet_lab.unet_core.gates import fused_gate
+
+    def repeat_expected(concat: bool) -> bool:
+        (case,) = [case for key, case in gate._cases.items() if key[-1] == concat]
+        return (case.ok and case.plan.single and case.plan.launches is not None
+                and fused_gate._storage_use_count is not None)
+
+    kept = [slot for slot in firsts if repeat_expected(slot == "joined")]
     same = []
     for slot, first in firsts.items():
         for _ in range(2):

@@ -162,19 +162,10 @@ def test_kept_launches_get_the_bound_calls_arguments_as_pointers(monkeypatch):
     """After a case's first call (through Triton's binding, with tensors), its lane launches with
     plain pointers: the same argument list, in the same order, as ``_tensor_args`` gives that
     binding, with the constant tail the plan picked; the output is a fresh alias every call."""
-    from unet_lab.unet_core.gates import fused_gate
 
     pytest.importorskip("triton")
     recorded = []
-
-    def first_launch(plan, make_args, out, stream):
-        recorded.append(("bound", fused_gate._as_pointers(make_args(out))))
-        plan.launches = [(lambda stream: (lambda *args: recorded.append(("kept", args))), ("values", 1))]
-
-    monkeypatch.setattr(fused_gate, "_first_launch", first_launch)
-    monkeypatch.setattr(fused_gate, "load_kernels", lambda fresh=False: None)
-    monkeypatch.setattr(fused_gate, "_state", dict(fused_gate._state, plans={}))
-    gate = fused_gate.FusedSkipGate(1.5, 1e-5)
+    gate = _fake_launch_gate(monkeypatch, recorded, one_launch=False)
     h, hsp = torch.randn(2, 8, 4, 4), torch.randn(2, 4, 4, 4)
     for want_alpha, concat in ((False, True), (True, False)):
         recorded.clear()
@@ -207,19 +198,24 @@ def test_gpu_check_script_runs_its_checks_in_the_interpreter(tmp_path):
     assert all(0 < c["eager_max_abs_diff"] <= c["eager_tolerance"] for c in cases)  # compared, and close
 
 
-def _fake_launch_gate(monkeypatch, recorded: list):
-    """A FusedSkipGate on CPU whose cases plan one launch (a spare output) and whose kept launch
-    records its pointer arguments in place of running a kernel."""
+def _fake_launch_gate(monkeypatch, recorded: list, one_launch: bool = True):
+    """A FusedSkipGate on CPU whose first call records the bound call's pointers and whose kept
+    launch records its own in place of running a kernel. ``one_launch``: its cases plan one launch
+    (a spare output), as on an H200, and CPU tensors pass for CUDA ones in ``fused_usable`` (every
+    other condition of it still holds)."""
     from unet_lab.unet_core.gates import fused_gate
 
     def first_launch(plan, make_args, out, stream):
         recorded.append(("bound", fused_gate._as_pointers(make_args(out))))
-        plan.launches = [(lambda stream: (lambda *args: recorded.append(("kept", args))), ("values", 0))]
+        plan.launches = [(lambda stream: (lambda *args: recorded.append(("kept", args))), ("values", 1))]
 
     monkeypatch.setattr(fused_gate, "_first_launch", first_launch)
     monkeypatch.setattr(fused_gate, "load_kernels", lambda fresh=False: None)
-    monkeypatch.setattr(fused_gate, "_multiprocessors", lambda device_index: 132)  # as on an H200: one launch
     monkeypatch.setattr(fused_gate, "_state", dict(fused_gate._state, plans={}, one_gpu=True, failed=False))
+    if one_launch:
+        monkeypatch.setattr(fused_gate, "_multiprocessors", lambda device_index: 132)
+        monkeypatch.setattr(fused_gate, "fused_usable", lambda h, hsp: not fused_gate._state["failed"]
+                            and fused_gate._on_current_device(hsp) and fused_gate.tensors_allow_fusion(h, hsp))
     return fused_gate.FusedSkipGate(1.0, 1e-5)
 
 

@@ -335,6 +335,16 @@ def _current_stream(plan: SimpleNamespace) -> Any:
     return plan.current_stream(plan.device_index) if plan.current_stream is not None else None
 
 
+def _launch_lane(plan: SimpleNamespace, lane: SimpleNamespace, x_ptr: int, g_ptr: int, out_ptr: int, concat: bool,
+                 alpha_ptr: int) -> None:
+    """Run a lane's kept launches with the five pointers that change per call (``_tensor_args``'
+    order): ``m * hsp`` to ``out`` (after ``h``'s channels with ``concat``, ``h`` to its first
+    ones; else the copy of ``h`` goes to the scratch, as does ``alpha`` when not wanted)."""
+    g_out_ptr = out_ptr if concat else lane.scratch_ptr
+    for launch, fixed in lane.calls:
+        launch(x_ptr, g_ptr, out_ptr + plan.x_offset, g_out_ptr, alpha_ptr, *fixed)
+
+
 def _bind(plan: SimpleNamespace, args: tuple, phase: int) -> Any:
     """Launch one phase through ``kernel[grid]`` (binds its arguments, compiles if needed);
     returns the compiled kernel (in the interpreter: whatever the interpreter returns)."""
@@ -483,12 +493,8 @@ class FusedSkipGate:
             if lane.calls is None:
                 self._bound_call(case, lane, h, hsp, out, alpha, stream)
             else:  # kept launches take pointers: the tensors were checked above, the launcher need not
-                out_ptr = out.data_ptr()
-                x_out_ptr = out_ptr + plan.x_offset
-                g_out_ptr = out_ptr if concat else lane.scratch_ptr
-                alpha_ptr = alpha.data_ptr() if want_alpha else lane.scratch_ptr
-                for launch, fixed in lane.calls:
-                    launch(x_ptr, g_ptr, x_out_ptr, g_out_ptr, alpha_ptr, *fixed)
+                _launch_lane(plan, lane, x_ptr, g_ptr, out.data_ptr(), concat,
+                             alpha.data_ptr() if want_alpha else lane.scratch_ptr)
             if slot is not None and not want_alpha and lane.spare is not None and lane.calls is not None:
                 self._repeats[slot] = SimpleNamespace(tag=tag, concat=concat, layout=layout, plan=plan, lane=lane,
                                                       stream=stream)
@@ -509,9 +515,9 @@ class FusedSkipGate:
         compiling, and the lane's spare output free. Then it launches into the spare. None where
         anything differs: the caller makes the full call, which runs every check of the case."""
         last = self._repeats.get(slot)
-        if last is None or last.tag != tag or last.concat != concat or _state["failed"]:
+        if last is None or last.tag != tag or last.concat != concat:
             return None
-        if _layout(h, hsp) != last.layout or not (_on_current_device(hsp) and tensors_allow_fusion(h, hsp)):
+        if _layout(h, hsp) != last.layout or not fused_usable(h, hsp):
             return None
         plan, lane = last.plan, last.lane
         if _current_stream(plan) != last.stream:
@@ -521,11 +527,8 @@ class FusedSkipGate:
         spare = lane.spare
         if (x_ptr | g_ptr) & 15 or _storage_use_count(spare[2]) != spare[3]:
             return None
-        out_ptr = spare[4]
-        scratch_ptr = lane.scratch_ptr
         try:
-            for launch, fixed in lane.calls:
-                launch(x_ptr, g_ptr, out_ptr + plan.x_offset, out_ptr if concat else scratch_ptr, scratch_ptr, *fixed)
+            _launch_lane(plan, lane, x_ptr, g_ptr, spare[4], concat, lane.scratch_ptr)
         except Exception as exc:  # noqa: BLE001 - as in __call__
             _fail(exc)
             return None
