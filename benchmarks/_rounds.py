@@ -1,10 +1,9 @@
 """The order variants run in, round by round, in the step benchmarks.
 
 Steps of a sampling loop timed back to back are not independent: a step's time depends on its
-place in the round and on the step before it (on an H200, running the unpatched model first in
-every round made it 4 % faster than the same weights run second). So each round runs the variants
-in a fresh random order, the same for a given seed: every variant takes every place and follows
-every other one about equally often, and the paired ratios (a variant's step over the reference's
+place in the round and on the step before it, so a fixed order lets a variant's place pass for
+its cost. Each round therefore runs the variants in a fresh random order, the same for a given
+seed: every variant takes every place and follows every other one about equally often, and the paired ratios (a variant's step over the reference's
 step of the same round) carry no order effect, only its noise.
 """
 

@@ -5,7 +5,7 @@
    patcher and ``add_patches`` per block. No weight is touched; this is what Apply LoRA costs.
 2. **bake** (CPU): the merge itself, for every patched weight, at real SDXL shapes in fp16. By
    default the weights are streamed (each module's weight is made, merged and dropped) so memory
-   stays under 1 GB on this shared machine; ``--bake full`` builds the whole 5.1 GB fp16 UNet and
+   stays under 1 GB; ``--bake full`` builds the whole 5.1 GB fp16 UNet and
    calls ``UNetPatcher.baked_state_dict()`` (needs about 2x that in free RAM). Reference in the same
    run: the plain merge ``W + s * (up @ down) * alpha / rank`` written here, on the same tensors.
 3. **step** (``--device cuda``): SDXL UNet fp16, batch 2, 128x128 latents, 77x2048 context; the

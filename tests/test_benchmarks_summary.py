@@ -1,18 +1,15 @@
 """``benchmarks/run_all.py`` turns the scripts' JSON into one row per figure with its target.
 
-Checked on the H100 and H200 outputs kept in ``benchmarks/results/`` (the very files the scripts
-wrote) and on a hand-made case at the targets' edges."""
+Checked on synthetic outputs made here, in the shapes the scripts write (no stored run is read),
+and on the folder a run writes into (``benchmarks/results/<device kind>/``)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from pack_support import REPO_ROOT, load_script
-
-RESULTS = REPO_ROOT / "benchmarks" / "results" / "h100_2026-11-22"
-H200_RESULTS = REPO_ROOT / "benchmarks" / "results" / "h200_2026-12-04"
-H200_SECOND = REPO_ROOT / "benchmarks" / "results" / "h200_2026-12-04b"
-H200_THIRD = REPO_ROOT / "benchmarks" / "results" / "h200_2026-12-04c"
 
 
 @pytest.fixture(scope="module")
@@ -24,72 +21,79 @@ def _by_figure(rows):
     return {r["figure"]: r for r in rows}
 
 
-def test_h100_outputs_give_every_target_row(run_all):
-    rows = _by_figure(run_all.table(run_all._load([RESULTS])))
-    gate_sd1 = rows["skip gate sd1 all levels: step overhead (paired median)"]
-    assert gate_sd1["value"] == pytest.approx(2.95) and gate_sd1["pass"] is True
-    assert rows["skip gate sdxl all levels: step overhead (paired median)"]["pass"] is True
-    assert rows["diffusion UNet sdxl compiled (blocks): ours / diffusers"]["value"] == pytest.approx(0.972)
-    unet = rows["unet fast / plain eager U-Net (fwd img/s)"]
-    assert unet["pass"] is True and 1.7 < unet["value"] < 1.8
-    assert rows["unet compiled / plain eager U-Net (fwd img/s)"]["pass"] is False
-    assert rows["load sdxl fp16: peak RSS growth while loading / file size"]["pass"] is True
-    assert rows["attention_unet compiled / MONAI AttentionUnet eager (fwd img/s)"]["pass"] is True
-    assert rows["8192x8192 tiled segmentation (fast): time"]["pass"] is True
-    assert rows["block-weighted LoRA: patched step / step of the same weights baked (SDXL)"]["pass"] is True
-    assert rows["block-weighted LoRA: patched step / unpatched step (SDXL, other weights)"]["pass"] is None
-    table = run_all.render(list(rows.values()))
-    assert table.count("\n") == len(rows) + 1 and "| no |" in table and "| yes |" in table
+def _segmentation_arch(reference: str, target: float, fast: float, compiled: float | None) -> dict:
+    ratios = {"ours_fast": fast} if compiled is None else {"ours_fast": fast, "ours_compiled": compiled}
+    return {"target": {"available": True, "reference": reference, "target": target, "ratios": ratios,
+                       "pass": {name: value >= target for name, value in ratios.items()}}}
 
 
-def test_h200_outputs_give_every_target_row(run_all):
-    rows = _by_figure(run_all.table(run_all._load([H200_RESULTS])))
-    gate_sd1 = rows["skip gate sd1 all levels: step overhead (paired median)"]
-    assert gate_sd1["value"] == pytest.approx(2.95) and gate_sd1["pass"] is True
-    assert rows["skip gate sd1 all levels: GPU kernel time overhead"]["value"] == pytest.approx(0.71)
-    assert rows["skip gate sdxl all levels: step overhead (paired median)"]["pass"] is True
-    sdxl_load = rows["load sdxl fp16: time ours / safetensors.load_file"]
-    assert sdxl_load["pass"] is False and 1.48 < sdxl_load["value"] < 1.49
-    assert rows["diffusion UNet sd15 eager: ours / diffusers"]["value"] == pytest.approx(0.832)
-    failing = sorted(figure for figure, row in rows.items() if row["pass"] is False)
-    # the U-Net's `compiled` mode is a second mode beside `fast`, which meets the target
-    assert failing == ["load sdxl fp16: time ours / safetensors.load_file",
-                       "unet compiled / plain eager U-Net (fwd img/s)"]
+def _gate_result(family: str, paired: float, gpu: float | None, comfy_way: float | None) -> dict:
+    variants = {"unpatched": {"overhead_paired_pct": 0.0, "overhead_pct": 0.0},
+                "gate all levels": {"overhead_paired_pct": paired, "overhead_pct": paired + 0.5}}
+    if gpu is not None:
+        variants["gate all levels"]["gpu_overhead_pct"] = gpu
+    if comfy_way is not None:
+        variants["gate all levels, UNet concatenates"] = {"overhead_paired_pct": comfy_way}
+    return {"family": family, "variants": variants}
 
 
-def test_h200_second_run_rows(run_all):
-    rows = _by_figure(run_all.table(run_all._load([H200_SECOND])))
-    for family, low, high in (("sd1", 0.61, 0.62), ("sdxl", 0.93, 0.94)):
-        load = rows[f"load {family} fp16: time ours / safetensors.load_file"]
-        assert load["pass"] is True and low < load["value"] < high
-    # no per-step cost: patched 65.286 ms against 65.295 ms for the same weights baked (these JSON files
-    # predate the paired figures, so the medians' ratio is used); the unpatched model's 62.56 ms is beside it
-    same = rows["block-weighted LoRA: patched step / step of the same weights baked (SDXL)"]
-    assert same["pass"] is True and same["value"] == pytest.approx(65.2858 / 65.2948, abs=1e-4)
-    other = rows["block-weighted LoRA: patched step / unpatched step (SDXL, other weights)"]
-    assert other["pass"] is None and other["value"] == pytest.approx(1.0435)
-    assert rows["skip gate sd1 all levels: step overhead (paired median)"]["value"] == pytest.approx(3.18)
-    assert rows["skip gate sdxl all levels: step overhead (paired median)"]["value"] == 0.0  # not "-0"
-    failing = sorted(figure for figure, row in rows.items() if row["pass"] is False)
-    assert failing == ["skip gate sd1 all levels, UNet concatenates: step overhead (paired median)",
-                       "skip gate sd1 all levels: step overhead (paired median)",
-                       "unet compiled / plain eager U-Net (fwd img/s)"]
-    assert "| -0 " not in run_all.render(list(rows.values()))
+SYNTHETIC = {
+    "load": {"families": {"sd1": {"time_ratio": 0.94, "our_rss_growth_over_file": 1.003,
+                                  "our_peak_rss_over_file": 1.2, "reference": {"peak_rss_over_file": 1.19}}}},
+    "unet": {"results": [{"case": "sd15", "ratio_ours_over_diffusers": 0.88,
+                          "ratio_compiled_ours_over_diffusers": 0.97, "compile": {"scope": "blocks"}},
+                         {"case": "sdxl", "ratio_ours_over_diffusers": 1.02}]},
+    "lora": {"step": {"paired_patched_over_baked": 1.003, "paired_patched_over_unpatched": 1.04,
+                      "patched_ms": 1.0, "baked_ms": 1.0, "ratio": 1.0}},
+    "skip_gate": {"results": [_gate_result("sd1", 2.9, 0.8, 3.4), _gate_result("sdxl", -0.00001, None, None)]},
+    "segmentation": {"architectures": {
+        "unet": _segmentation_arch("plain eager U-Net", 1.5, 1.65, 1.42),
+        "smp_unet": {"target": {"available": False}},  # smp not installed: no row
+        "attention_unet": _segmentation_arch("MONAI AttentionUnet eager", 1.5, 1.9, None)}},
+    "tiled": {"image": [1, 8192, 8192, 3], "runs": {"fast": {"time_s": 0.5, "peak_gpu_gb": 2.4}}},
+}
 
 
-def test_h200_third_run_rows(run_all):
-    """The table of the third lease: the LoRA rows from the paired figures (random order each round),
-    the SD1 gate at +2.80 %, and only the two rows without a met target left failing."""
-    rows = _by_figure(run_all.table(run_all._load([H200_THIRD])))
-    same = rows["block-weighted LoRA: patched step / step of the same weights baked (SDXL)"]
-    assert same["pass"] is True and same["value"] == pytest.approx(1.0028, abs=1e-4)  # paired, not 47.714 / 47.734
-    other = rows["block-weighted LoRA: patched step / unpatched step (SDXL, other weights)"]
-    assert other["pass"] is None and other["value"] == pytest.approx(1.0015, abs=1e-4)
-    gate = rows["skip gate sd1 all levels: step overhead (paired median)"]
-    assert gate["pass"] is True and gate["value"] == pytest.approx(2.80)
-    failing = sorted(figure for figure, row in rows.items() if row["pass"] is False)
-    assert failing == ["skip gate sd1 all levels, UNet concatenates: step overhead (paired median)",
-                       "unet compiled / plain eager U-Net (fwd img/s)"]
+def test_every_benchmark_gives_its_rows_with_values_targets_and_verdicts(run_all):
+    rows = run_all.table(SYNTHETIC)
+    by = _by_figure(rows)
+    assert len(by) == len(rows) == 18  # no figure twice
+    assert by["load sd1 fp16: time ours / safetensors.load_file"] == \
+        {"figure": "load sd1 fp16: time ours / safetensors.load_file", "value": 0.94, "unit": "x",
+         "target": "<= 1.1", "pass": True}
+    peak = by["load sd1 fp16: peak RSS incl. the Python+torch runtime / file size (ours; load_file: 1.190)"]
+    assert peak["value"] == 1.2 and peak["pass"] is None
+    assert by["diffusion UNet sd15 compiled (blocks): ours / diffusers"]["pass"] is True
+    assert by["diffusion UNet sdxl eager: ours / diffusers"]["pass"] is False
+    assert "diffusion UNet sdxl compiled (blocks): ours / diffusers" not in by  # not compiled in that run
+    same = by["block-weighted LoRA: patched step / step of the same weights baked (SDXL)"]
+    assert same["value"] == 1.003 and same["pass"] is True  # the paired figure, not the medians' ratio
+    assert by["block-weighted LoRA: patched step / unpatched step (SDXL, other weights)"]["pass"] is None
+    gate = {figure: row for figure, row in by.items() if figure.startswith("skip gate")}
+    assert {figure: row["value"] for figure, row in gate.items()} == {
+        "skip gate sd1 all levels: step overhead (paired median)": 2.9,
+        "skip gate sd1 all levels: GPU kernel time overhead": 0.8,
+        "skip gate sd1 all levels, UNet concatenates: step overhead (paired median)": 3.4,
+        "skip gate sdxl all levels: step overhead (paired median)": 0.0,
+        "skip gate sdxl all levels: GPU kernel time overhead": None}
+    assert all(row["pass"] is None for row in gate.values())  # figures only: no per-step target here
+    assert str(by["skip gate sdxl all levels: step overhead (paired median)"]["value"]) == "0.0"  # not -0.0
+    assert by["unet fast / plain eager U-Net (fwd img/s)"]["pass"] is True
+    assert by["unet compiled / plain eager U-Net (fwd img/s)"]["pass"] is False
+    assert "attention_unet compiled / MONAI AttentionUnet eager (fwd img/s)" not in by
+    assert not any(figure.startswith("smp_unet") for figure in by)
+    assert by["8192x8192 tiled segmentation (fast): time"]["pass"] is True
+    assert by["8192x8192 tiled segmentation (fast): peak GPU memory"]["unit"] == "GB"
+
+
+def test_render_gives_one_markdown_line_per_row(run_all):
+    rows = run_all.table(SYNTHETIC)
+    text = run_all.render(rows)
+    lines = text.splitlines()
+    assert len(lines) == len(rows) + 2 and lines[0] == "| figure | value | target | met |"
+    assert "| unet compiled / plain eager U-Net (fwd img/s) | 1.42 x | >= 1.5 | no |" in lines
+    assert "| skip gate sdxl all levels: GPU kernel time overhead | - | - | - |" in lines
+    assert "| -0 " not in text
 
 
 def test_targets_at_their_edges(run_all):
@@ -152,25 +156,49 @@ def test_comfyui_unet_arguments_are_those_comfyui_detects(monkeypatch, family):
     assert config_from_ldm_unet_config(kwargs) == config
 
 
-def test_h200_comfyui_unet_figures_are_those_the_docs_give():
-    """The figures of ``h200_2026-12-04d`` that README and docs/gates.md quote: the gate timed inside
-    ComfyUI's own UNet, whose unpatched SD1 output is bitwise ours, before and after the repeat path."""
-    import json
 
-    base = REPO_ROOT / "benchmarks" / "results" / "h200_2026-12-04d"
+@pytest.mark.parametrize(("name", "kind"), [("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA H200", "h200"),
+                                            ("NVIDIA H100 PCIe", "h100"), ("NVIDIA A100-SXM4-80GB", "a100"),
+                                            ("NVIDIA GeForce RTX 4090", "rtx-4090"), ("Tesla T4", "t4"),
+                                            ("cpu", "cpu")])
+def test_device_kind_names_the_results_folder(run_all, name, kind):
+    assert run_all.device_kind(name) == kind
 
-    def figures(name, family="sd1"):
-        (result,) = [r for r in json.loads((base / name).read_text())["results"] if r["family"] == family]
-        return result, {k: v["overhead_paired_pct"] for k, v in result["variants"].items()}
 
-    sd1, after = figures("comfyui_sd1.json")
-    assert sd1["unet"] == "comfyui" and sd1["fused_gate_used"] and sd1["comfyui_vs_ours_unpatched_max_abs_diff"] == 0.0
-    assert "gate all levels, UNet concatenates" not in after  # ComfyUI's UNet makes no offer to withhold
-    _, before = figures("before/comfyui.json")
-    assert (before["gate all levels"], after["gate all levels"]) == (2.74, 2.38)
-    assert figures("before/comfyui.json", "sdxl")[1]["gate all levels"] == 0.28
-    assert figures("comfyui_sdxl.json", "sdxl")[1]["gate all levels"] == 1.20
-    assert figures("ours_sd1.json")[1]["gate all levels"] == 1.79
-    cases = json.loads((base / "check_skip_gate_fp16.json").read_text())["cases"]
-    assert all(c["ok"] and c["repeats_bitwise"] for c in cases)
-    assert sum(c["repeat_slots"] == ["plain", "joined"] for c in cases) == 21
+def test_a_run_replaces_its_benchmarks_files_and_summarises_the_folder(run_all, tmp_path, monkeypatch):
+    """A run writes each benchmark's JSON into the folder (a failed benchmark leaves none behind),
+    merges the exit statuses with an earlier command's, and writes the table of the whole folder."""
+    fake = tmp_path / "fake_bench.py"
+    fake.write_text("import json, sys\n"
+                    "out, code = sys.argv[2], int(sys.argv[3])\n"
+                    "if code == 0:\n"
+                    "    json.dump({'results': [{'case': 'sd15', 'ratio_ours_over_diffusers': 0.9}]}, open(out, 'w'))\n"
+                    "sys.exit(code)\n")
+    monkeypatch.setattr(run_all, "BENCHMARKS", {
+        "unet": (str(fake), ["--json", "{json}", "0"], []),
+        "tiled": (str(fake), ["--json", "{json}", "3"], []),
+        "load": (str(fake), ["--json", "{json}", "0"], [])})
+    out = tmp_path / "results" / "h100"
+    out.mkdir(parents=True)
+    (out / "tiled.json").write_text(json.dumps(SYNTHETIC["tiled"]))  # an earlier run's, now stale
+    (out / "run_status.json").write_text(json.dumps({"load": {"returncode": 0, "seconds": 5.0}}))
+    (out / "load.json").write_text(json.dumps(SYNTHETIC["load"]))  # from the earlier command: kept
+    assert run_all.main(["--only", "unet,tiled", "--out", str(out)]) == 1  # tiled failed
+    assert not (out / "tiled.json").exists()
+    status = json.loads((out / "run_status.json").read_text())
+    assert sorted(status) == ["load", "tiled", "unet"] and status["tiled"]["returncode"] == 3
+    summary = json.loads((out / "summary.json").read_text())
+    figures = [row["figure"] for row in summary["rows"]]
+    assert "diffusion UNet sd15 eager: ours / diffusers" in figures
+    assert "load sd1 fp16: time ours / safetensors.load_file" in figures
+    assert not any("tiled" in figure for figure in figures)
+    assert (out / "summary.md").read_text() == run_all.render(summary["rows"]) + "\n"
+
+
+def test_default_folder_is_the_results_folder_of_the_device_kind(run_all, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "NVIDIA H100 80GB HBM3")
+    assert run_all._default_out(False) == REPO_ROOT / "benchmarks" / "results" / "h100"
+    assert run_all._default_out(True).parts[-2:] == ("bench_out", "quick")

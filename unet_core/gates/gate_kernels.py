@@ -1,14 +1,13 @@
-"""Triton source of the fused parameter-free skip gate (one kernel, three phases; see ``fused_gate.py``).
+"""Triton source of the fused parameter-free skip gate: one kernel, run as two launches (``fused_gate.py``).
 
-This module imports Triton at import time, so only ``fused_gate.load_kernels`` imports it,
-after checking Triton is there. Its functions are wrapped by ``triton.jit`` when the module is
-imported, so ``TRITON_INTERPRET=1`` set before then builds them for Triton's CPU interpreter
-(``load_kernels(fresh=True)`` re-imports the module for that).
+This module imports Triton at import time, so only ``fused_gate`` imports it, lazily, after
+checking that Triton is installed. ``triton.jit`` decides when it wraps these functions whether
+they run compiled or in Triton's CPU interpreter (``TRITON_INTERPRET=1`` set before the import).
 
 Layout: any "pixel-flat" strides: element ``(b, c, p)`` at ``b * s_b + c * s_c + p * s_p`` with
 ``p = y * W + x`` the flat pixel index, which holds for contiguous NCHW (``s_p = 1``) and for the
 channels-last views SD's transformer blocks return (``s_c = 1``); the caller checks it. Triton
-specialises a stride of 1, so either layout gets contiguous (coalesced) loads.
+specialises a stride of 1, so either layout gets contiguous loads.
 """
 
 import triton
@@ -35,26 +34,22 @@ def channel_sum_of_squares(ptr, base, n_channels, stride_c, offs_p, stride_p, pm
 
 
 @triton.jit
-def gate_kernel(x_ptr, g_ptr, out_ptr, g_out_ptr, alpha_ptr, scratch_ptr, coef_ptr, sync_ptr,
+def gate_kernel(x_ptr, g_ptr, out_ptr, g_out_ptr, alpha_ptr, scratch_ptr, coef_ptr,
                 cx, cg, hw, n_tiles, partial_offset, sx_b, sx_c, sx_p, sg_b, sg_c, sg_p, so_b, so_c, so_p,
                 sharpness, eps, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr,
                 WRITE_ALPHA: tl.constexpr, COPY_G: tl.constexpr, PHASE: tl.constexpr):
-    """One program per (sample b, tile t of BLOCK_P pixels).
+    """One program per (sample b, tile t of BLOCK_P pixels); launched with PHASE 1, then PHASE 2.
 
-    Statistics (PHASE 0 and 1): per pixel e_x = ||x[b, :, p]||, e_g = ||g[b, :, p]|| (fp32) into
-    ``energy`` [B, 2, HW]; per tile (mean, M2) of each map into ``partial`` [B, n_tiles, 4]; both in
-    one fp32 scratch buffer (energy first, partial from ``partial_offset``).
-    Apply (PHASE 0 and 2): combine the tile statistics (Chan et al.'s parallel variance),
-    standardise both maps, ``alpha = sigmoid(sharpness (x^ + g^))``, ``m = 1 - k_b + k_b alpha``,
+    PHASE 1, statistics: per pixel ``e_x = ||x[b, :, p]||``, ``e_g = ||g[b, :, p]||`` (fp32) into
+    ``energy`` [B, 2, HW]; per tile (mean, M2) of each map into ``partial`` [B, n_tiles, 4]; both
+    in one fp32 scratch buffer (energy first, partial from ``partial_offset``). With ``COPY_G``
+    it also copies ``g`` to ``g_out`` (strides ``so_*``) as it reads it; with ``out`` the channels
+    after ``g_out``'s, the two phases together write ``cat([g, m * x], 1)``.
+    PHASE 2, apply: combine the tile statistics (Chan et al.'s parallel variance, free of the
+    cancellation of ``E[e^2] - E[e]^2``), standardise both maps, ``alpha = sigmoid(sharpness
+    (x^ + g^))``, ``m = 1 - k_b + k_b alpha`` with ``k_b = coef[b]`` (0 gives exactly 1), and
     ``out = m * x`` over every channel of the tile (``out`` with strides ``so_*``); alpha
-    (contiguous [B, 1, H, W]) too if asked.
-    ``COPY_G``: the statistics phase also copies ``g`` to ``g_out`` (strides ``so_*``) as it reads
-    it; with ``out`` the channels after ``g_out``'s, that writes ``cat([g, m * x], 1)``.
-    PHASE 0 runs both in one launch: the programs of a sample meet at a barrier in between (two
-    int32 per sample in ``sync``: an arrival count the last arrival resets, and a generation it
-    then bumps while the others wait for it to move). That needs every program resident at once:
-    the caller launches it cooperatively with at most two programs per SM. PHASE 1 then 2 is the
-    same work as two launches, without the barrier.
+    (contiguous [B, 1, H, W]) too if ``WRITE_ALPHA``.
     """
     energy_ptr = scratch_ptr
     partial_ptr = scratch_ptr + partial_offset
@@ -62,7 +57,7 @@ def gate_kernel(x_ptr, g_ptr, out_ptr, g_out_ptr, alpha_ptr, scratch_ptr, coef_p
     t = tl.program_id(1)
     offs_p = t * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = offs_p < hw
-    if PHASE != 2:
+    if PHASE == 1:
         e_x = tl.sqrt(channel_sum_of_squares(x_ptr, b * sx_b, cx, sx_c, offs_p, sx_p, pmask,
                                              x_ptr, 0, 0, 0, BLOCK_C, BLOCK_P, False))
         e_g = tl.sqrt(channel_sum_of_squares(g_ptr, b * sg_b, cg, sg_c, offs_p, sg_p, pmask,
@@ -80,19 +75,7 @@ def gate_kernel(x_ptr, g_ptr, out_ptr, g_out_ptr, alpha_ptr, scratch_ptr, coef_p
         tl.store(base + 1, tl.sum(d_x * d_x, axis=0))
         tl.store(base + 2, mean_tg)
         tl.store(base + 3, tl.sum(d_g * d_g, axis=0))
-    if PHASE == 0:  # wait for every tile of this sample
-        tl.debug_barrier()
-        count_ptr = sync_ptr + 2 * b
-        generation = tl.atomic_add(count_ptr + 1, 0, sem="acquire")
-        arrived = tl.atomic_add(count_ptr, 1, sem="acq_rel")
-        if arrived == n_tiles - 1:
-            tl.atomic_xchg(count_ptr, 0, sem="relaxed")
-            tl.atomic_add(count_ptr + 1, 1, sem="release")
-        else:
-            while tl.atomic_add(count_ptr + 1, 0, sem="acquire") == generation:
-                pass
-        tl.debug_barrier()
-    if PHASE != 1:
+    if PHASE == 2:
         offs_t = tl.arange(0, BLOCK_T)
         tmask = offs_t < n_tiles
         pbase = partial_ptr + (b * n_tiles + offs_t) * 4

@@ -30,15 +30,12 @@ from the unpatched one as the strength rises. The batch is split into equal chun
 per entry of ``transformer_options["cond_or_uncond"]`` (0 = cond, 1 = uncond); with no
 such entry the whole batch counts as one cond chunk.
 
-Cost per gated block: on CUDA with Triton, one fused kernel in one launch (two for large maps;
-``fused_gate.py``), which in our UNet also writes the block's ``cat([h, hsp], 1)`` and returns
-``h`` and ``hsp`` as its two views, so the UNet does not copy them again (``skip_concat``);
-from the second model call on, a block's call repeats its last one (``FusedSkipGate.again``:
-the tensors are checked against that call's and the kernel launched, with no case lookup, while
-maps are not recorded); elsewhere, for trained gates, and as the reference, 10 eager kernels: two
-channel reductions written into one [B, 2, H, W] buffer, one instance norm (3 kernels), add,
-sigmoid, one lerp for the applied map and one multiply of ``hsp``. No host sync after a case's
-first call, no copy of the features.
+Cost per gated block: on CUDA with Triton, one fused kernel in two launches (``fused_gate.py``),
+which in our UNet also writes the block's ``cat([h, hsp], 1)`` and returns ``h`` and ``hsp`` as
+its two views, so the UNet does not copy them again (``skip_concat``); elsewhere, for trained
+gates, and as the reference, about 10 eager kernels: two channel reductions written into one
+[B, 2, H, W] buffer, one instance norm, add, sigmoid, one lerp for the applied map and one
+multiply of ``hsp``. No host sync after a case's first call, no copy of the features.
 ``hsp`` is not modified in place (the tensor may be shared with the caller).
 """
 
@@ -208,7 +205,12 @@ class SkipGatePatch:
         return tuple(values)
 
     def __deepcopy__(self, memo: dict) -> SkipGatePatch:
-        return self  # shared on purpose across ModelPatcher.clone(): the recorder and the fused gate's kept cases
+        return self  # shared on purpose across ModelPatcher.clone(): the recorder and the fused gate's plans
+
+    @property
+    def fused_cases(self) -> int:
+        """How many cases (layouts and row coefficients) this patch's fused gate has run or will run fused."""
+        return self._fused_gate.fused_cases
 
     def alpha(self, block: SkipBlock, h: torch.Tensor, hsp: torch.Tensor) -> torch.Tensor | None:
         """``alpha`` for this block (in hsp's dtype), or None when a trained set has no gate for it."""
@@ -217,7 +219,6 @@ class SkipGatePatch:
         return energy_alpha(h, hsp, self.settings.sharpness, self.settings.eps)
 
     def __call__(self, h: torch.Tensor, hsp: torch.Tensor, transformer_options: dict[str, Any]):
-        # Runs once per output block and step, mostly on a launch-bound host: kept to few calls.
         block_ref = transformer_options.get("block")
         if not block_ref or block_ref[0] != "output":
             return h, hsp
@@ -227,21 +228,15 @@ class SkipGatePatch:
         if coefficient is None:
             return h, hsp
         recorder = self.recorder
-        # where the UNet takes the concatenation from a patch, the kernel writes it (skip_concat)
-        concat = SKIP_CONCATENATION in transformer_options and h.dtype == hsp.dtype
-        # the rows' coefficients follow from the batch (in the layouts ``again`` checks) and the passes
-        tag = None if s.apply_to == "both" else tuple(transformer_options.get("cond_or_uncond") or (0,))
-        if recorder is None and self._may_fuse:  # in a sampling step: a repeat of this block's last fused call
-            out = self._fused_gate.again(block_id, h, hsp, tag, concat)
-            if out is not None:
-                return _handed_back(h, hsp, out, concat, transformer_options)
         acts, skipped = chunk_rows(hsp.shape[0], transformer_options, s.apply_to)
         acts = acts and coefficient != 0.0
         if not acts and recorder is None:
             return h, hsp
         if acts and self._may_fuse and fused_usable(h, hsp):
+            # where the UNet takes the concatenation from a patch, the kernel writes it (skip_concat)
+            concat = SKIP_CONCATENATION in transformer_options and h.dtype == hsp.dtype
             fused = self._fused_gate(h, hsp, self._row_coefficients(hsp.shape[0], coefficient, skipped),
-                                     recorder is not None, concat, block_id, tag)
+                                     recorder is not None, concat)
             if fused is not None:
                 out, alpha = fused
                 if recorder is not None:
