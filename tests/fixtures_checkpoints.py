@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from unet_lab.unet_core.checkpoints.keymap import convert_diffusers_to_ldm
-from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SD2_CONFIG, SDXL_CONFIG, UNetConfig
+from unet_lab.unet_core.unet_config import SD1_CONFIG, SD2_CONFIG, SDXL_CONFIG, UNetConfig
 
 DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8, "U8": 1, "F8_E4M3": 1}
 FAMILY_CONFIGS = {

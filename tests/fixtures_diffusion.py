@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import torch
 
-from unet_lab.unet_core.diffusion.config import UNetConfig
+from unet_lab.unet_core.unet_config import UNetConfig
 
 TINY_SD1 = UNetConfig(block_out_channels=(32, 64, 64), transformer_layers_per_block=(1, 1, 0),
                       num_attention_heads=(2, 2, 2), cross_attention_dim=48, norm_num_groups=8)

@@ -17,11 +17,11 @@ from unet_lab.nodes.diffusion import (
     UNetLabSaveUNet,
     UNetLabSwapUNet,
 )
-from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SDXL_CONFIG
 from unet_lab.unet_core.diffusion.embeddings import sdxl_adm_embedding
 from unet_lab.unet_core.diffusion.swap import check_swap
 from unet_lab.unet_core.diffusion.unet import UNetModel
 from unet_lab.unet_core.errors import FamilyMismatchError, InputError
+from unet_lab.unet_core.unet_config import SD1_CONFIG, SDXL_CONFIG
 
 KEY = "input_blocks.4.1.transformer_blocks.0.attn1.to_v.weight"
 

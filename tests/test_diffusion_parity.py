@@ -20,9 +20,9 @@ from fixtures_diffusion import (
     sdxl_inputs,
     shared_keymap,
 )
-from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SD2_CONFIG, SDXL_CONFIG
 from unet_lab.unet_core.diffusion.embeddings import sdxl_adm_embedding
 from unet_lab.unet_core.diffusion.unet import UNetModel
+from unet_lab.unet_core.unet_config import SD1_CONFIG, SD2_CONFIG, SDXL_CONFIG
 
 
 def _ours_from(diff_model, config) -> UNetModel:

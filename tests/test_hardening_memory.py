@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent(r'''
     from pack_support import load_pack
     load_pack()
     from fixtures_hardening import make_host, tiny_unet_state_dict, tiny_seg_model
-    from unet_lab.unet_core.diffusion.config import UNetConfig
+    from unet_lab.unet_core.unet_config import UNetConfig
     from unet_lab.unet_core.checkpoints.writer import save_unet
     from unet_lab.unet_core.checkpoints.loader import load_unet
     from unet_lab.unet_core.segmentation.checkpoint import SegmentationMeta, load_segmentation, save_segmentation

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoints.fit import fit_problems
 from ..errors import CheckpointError, InputError
-from .config import UNetConfig
+from ..state_dict_fit import fit_problems
+from ..unet_config import UNetConfig
 from .unet import UNetModel
 from .weight_patch import calculate_weight
 
