@@ -12,7 +12,7 @@ from typing import Any
 from .host import get_host
 
 # unet_core is imported inside the functions: importing this module stays cheap, and a pack loaded
-# under a dotted name whose root package does not exist (see tests/test_pack_import.py) still imports.
+# under a dotted name whose root package does not exist (see tests/pack/test_pack_import.py) still imports.
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ FAMILY_CONFIGS = {
     "sd1_inpaint": SD1_CONFIG.with_(in_channels=9), "sd2_inpaint": SD2_CONFIG.with_(in_channels=9),
     "sdxl_inpaint": SDXL_CONFIG.with_(in_channels=9),
 }
-# FACTS.md: parameters and key counts of the real UNets.
+# Parameters (millions) and key counts of the released UNets (their LDM safetensors files).
 REAL_PARAMS_M = {"sd1": 859.5, "sd2": 865.9, "sdxl": 2567.5}
 REAL_KEYS = {"sd1": 686, "sd2": 686, "sdxl": 1680}
 LAYOUTS = ("ldm", "ldm_prefixed", "diffusers")

@@ -4,7 +4,7 @@ Everything is made by code. ``diffusers_twin`` builds diffusers' ``UNet2DConditi
 for one of our configs (the mapping a user of both libraries would write);
 ``ldm_from_diffusers`` renames diffusers' keys into the LDM layout through the shared key
 map of ``unet_core.checkpoints.keymap`` when it exists, else through the private map below
-(FACTS.md's renaming table written out).
+(diffusers' LDM conversion table, written out).
 """
 
 from __future__ import annotations

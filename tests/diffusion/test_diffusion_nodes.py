@@ -51,6 +51,7 @@ def test_nodes_are_registered_with_comfy_metadata():
         assert cls.CATEGORY == "UNet Lab/diffusion"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["ldm", "ldm_prefixed"])
 def test_load_unet_ldm_layouts(standalone_host, layout):
     _, sd = write_tiny_unet(standalone_host.models_root, f"tiny_{layout}.safetensors", TINY_SD1, seed=1, layout=layout)
@@ -64,6 +65,7 @@ def test_load_unet_ldm_layouts(standalone_host, layout):
     assert details["config"] == TINY_SD1 and details["weight_dtype"] == torch.float32
 
 
+@pytest.mark.slow
 def test_load_unet_diffusers_file_runs_like_diffusers(standalone_host):
     """A file holding diffusers' own state dict, loaded by the node, predicts what diffusers predicts."""
     write_tiny_unet(standalone_host.models_root, "tiny_xl_diffusers.safetensors", TINY_SDXL, seed=4,
@@ -114,6 +116,7 @@ def test_inspect_unet_reports_on_the_node(standalone_host):
         UNetLabInspectUNet().inspect("loras/a.safetensors")
 
 
+@pytest.mark.slow
 def test_swap_unet_takes_the_file_weights_and_keeps_patches(standalone_host):
     root = standalone_host.models_root
     write_tiny_unet(root, "a.safetensors", TINY_SD1, seed=1)

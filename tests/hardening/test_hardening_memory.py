@@ -15,6 +15,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from pack_support import REPO_ROOT
 
 SCRIPT = textwrap.dedent(r'''
@@ -74,6 +76,7 @@ SCRIPT = textwrap.dedent(r'''
 ''')
 
 
+@pytest.mark.slow
 def test_load_drop_cycles_do_not_grow_rss(tmp_path):
     script = tmp_path / "cycles.py"
     script.write_text(SCRIPT)
