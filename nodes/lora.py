@@ -12,7 +12,7 @@ from typing import Any
 from .host import get_host
 
 # unet_core is imported inside the functions: importing this module stays cheap, and a pack loaded
-# under a dotted name whose root package does not exist (see tests/test_pack_import.py) still imports.
+# under a dotted name whose root package does not exist (see tests/pack/test_pack_import.py) still imports.
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,10 @@ def _inputs() -> dict[str, Any]:
 
 
 def _plan(model: Any, lora_name: str, strength: float, preset: str, block_spec: str) -> tuple[Any, Any, dict]:
-    from ..unet_core.diffusion.config import UNetConfig
     from ..unet_core.errors import LoraError
     from ..unet_core.lora.formats import load_lora_file
     from ..unet_core.lora.plan import model_names, plan_lora
+    from ..unet_core.unet_config import UNetConfig
 
     host = get_host()
     path = host.resolve("loras", lora_name)

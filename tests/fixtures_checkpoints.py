@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from unet_lab.unet_core.checkpoints.keymap import convert_diffusers_to_ldm
-from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SD2_CONFIG, SDXL_CONFIG, UNetConfig
+from unet_lab.unet_core.unet_config import SD1_CONFIG, SD2_CONFIG, SDXL_CONFIG, UNetConfig
 
 DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8, "U8": 1, "F8_E4M3": 1}
 FAMILY_CONFIGS = {
@@ -27,7 +27,7 @@ FAMILY_CONFIGS = {
     "sd1_inpaint": SD1_CONFIG.with_(in_channels=9), "sd2_inpaint": SD2_CONFIG.with_(in_channels=9),
     "sdxl_inpaint": SDXL_CONFIG.with_(in_channels=9),
 }
-# FACTS.md: parameters and key counts of the real UNets.
+# Parameters (millions) and key counts of the released UNets (their LDM safetensors files).
 REAL_PARAMS_M = {"sd1": 859.5, "sd2": 865.9, "sdxl": 2567.5}
 REAL_KEYS = {"sd1": 686, "sd2": 686, "sdxl": 1680}
 LAYOUTS = ("ldm", "ldm_prefixed", "diffusers")

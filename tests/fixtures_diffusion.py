@@ -4,7 +4,7 @@ Everything is made by code. ``diffusers_twin`` builds diffusers' ``UNet2DConditi
 for one of our configs (the mapping a user of both libraries would write);
 ``ldm_from_diffusers`` renames diffusers' keys into the LDM layout through the shared key
 map of ``unet_core.checkpoints.keymap`` when it exists, else through the private map below
-(FACTS.md's renaming table written out).
+(diffusers' LDM conversion table, written out).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import torch
 
-from unet_lab.unet_core.diffusion.config import UNetConfig
+from unet_lab.unet_core.unet_config import UNetConfig
 
 TINY_SD1 = UNetConfig(block_out_channels=(32, 64, 64), transformer_layers_per_block=(1, 1, 0),
                       num_attention_heads=(2, 2, 2), cross_attention_dim=48, norm_num_groups=8)

@@ -147,7 +147,7 @@ def join_safetensors(header: Any, data: bytes, pad: bool = True) -> bytes:
 
 
 def tiny_unet_config():
-    from unet_lab.unet_core.diffusion.config import UNetConfig
+    from unet_lab.unet_core.unet_config import UNetConfig
 
     return UNetConfig(block_out_channels=(32, 64), layers_per_block=1, transformer_layers_per_block=(1, 0),
                       num_attention_heads=(2, 2), cross_attention_dim=16, norm_num_groups=8)
@@ -650,8 +650,8 @@ def _block_spec():
     def check(example, workdir: Path) -> None:  # noqa: ARG001
         import math
 
-        from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SDXL_CONFIG
         from unet_lab.unet_core.lora.blocks import BlockLayout, parse_block_spec
+        from unet_lab.unet_core.unet_config import SD1_CONFIG, SDXL_CONFIG
 
         text, preset, which = example
         config = {"tiny": tiny_unet_config(), "sd1": SD1_CONFIG, "sdxl": SDXL_CONFIG}[which]

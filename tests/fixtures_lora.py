@@ -181,7 +181,7 @@ def dora_expected(weight: torch.Tensor, delta: torch.Tensor, dora_scale: torch.T
 
 def reduced_configs():
     """Reduced SD1 and SDXL configs with the real block layout (layers_per_block 2, same attention levels)."""
-    from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SDXL_CONFIG
+    from unet_lab.unet_core.unet_config import SD1_CONFIG, SDXL_CONFIG
 
     sd1 = SD1_CONFIG.with_(block_out_channels=(32, 64, 64, 64), num_attention_heads=(2, 2, 2, 2),
                            cross_attention_dim=48, norm_num_groups=8)

@@ -3,6 +3,12 @@
 A node never asks "am I in ComfyUI?"; it calls ``get_host()`` and uses this
 interface. Two implementations exist: ``ComfyHost`` (inside a running ComfyUI,
 imports ComfyUI lazily) and ``StandaloneHost`` (stub executor, CLI, tests).
+
+The interface has three concerns, in this order: model folders (list, resolve, save
+locations, the input/output/temp folders), runtime (device, memory, progress,
+interruption) and model operations (build, describe, swap, LoRA patches, weights for
+saving). Each implementation is one class, because its concerns share its state (the
+models root, the device); ``docs/architecture.md`` describes the seam.
 """
 
 from __future__ import annotations

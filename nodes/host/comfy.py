@@ -1,7 +1,7 @@
 """The ComfyUI host. Imports ComfyUI's modules lazily, inside each method.
 
-Only this module may import ``comfy``, ``folder_paths``,
-``comfy.model_management`` or ``comfy.utils`` (DESIGN.md).
+Only ``nodes/host/`` may import ``comfy``, ``folder_paths``, ``comfy.model_management``
+or ``comfy.utils``, and only inside functions (``docs/architecture.md``, the dependency rule).
 """
 
 from __future__ import annotations

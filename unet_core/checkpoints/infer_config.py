@@ -21,8 +21,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from ..diffusion.config import UNetConfig
 from ..errors import CheckpointError
+from ..unet_config import UNetConfig
 
 CONFIG_METADATA_KEY = "unet_lab.config"
 # Fields that shapes decide; a metadata config that disagrees on any of them is ignored.

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import TypeVar
 
-from ..diffusion.config import UNetConfig
 from ..errors import CheckpointError
+from ..unet_config import UNetConfig
 
 T = TypeVar("T")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..diffusion.config import SD1_CONFIG, SD2_CONFIG, SDXL_CONFIG, UNetConfig
 from ..errors import CheckpointError
+from ..unet_config import SD1_CONFIG, SD2_CONFIG, SDXL_CONFIG, UNetConfig
 
 KINDS = ("unet", "full_checkpoint", "vae", "text_encoder", "lora", "unknown")
 FAMILIES = ("sd1", "sd2", "sdxl", "sd1_inpaint", "sd2_inpaint", "sdxl_inpaint")

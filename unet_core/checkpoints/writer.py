@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from ..diffusion.config import UNetConfig
 from ..errors import CheckpointError
+from ..unet_config import UNetConfig
 from .infer_config import CONFIG_METADATA_KEY, config_to_diffusers_json
 from .keymap import convert_ldm_to_diffusers, diffusers_to_ldm_keymap
 from .sniff import TORCH_TO_ST

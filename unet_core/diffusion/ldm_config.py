@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .config import UNetConfig
+from ..unet_config import UNetConfig
 
 
 def _per_level(value: Any, levels: int, res_blocks: int) -> list[int]:

@@ -5,10 +5,10 @@ Names and semantics follow ComfyUI (``clone``, ``add_patches``, ``model_options`
 changes the UNet's own parameters as seen outside a run: patched weights are
 computed on demand (cached per patch state) and swapped into the shared module
 only for the duration of one forward pass, then the originals are put back. The
-swap is a dictionary assignment per patched tensor, so a patched step costs what
-an unpatched one does (``torch.func.functional_call`` re-parametrises every call
-and cost about 15% per SDXL step on an H100). Like ComfyUI's own patcher, two
-clones of one module must not run concurrently in different threads.
+swap is a dictionary assignment per patched tensor, so a patched step runs the
+same module code as an unpatched one (no re-parametrisation per call, as
+``torch.func.functional_call`` would do). Like ComfyUI's own patcher, two clones
+of one module must not run concurrently in different threads.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoints.fit import fit_problems
 from ..errors import CheckpointError, InputError
-from .config import UNetConfig
+from ..state_dict_fit import fit_problems
+from ..unet_config import UNetConfig
 from .unet import UNetModel
 from .weight_patch import calculate_weight
 

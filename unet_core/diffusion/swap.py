@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import FamilyMismatchError
-from .config import UNetConfig
+from ..unet_config import UNetConfig
 
 # Fields that decide parameter names and shapes.
 SHAPE_FIELDS = ("in_channels", "out_channels", "block_out_channels", "layers_per_block",

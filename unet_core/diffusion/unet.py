@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..unet_config import UNetConfig
 from . import ops
 from .attention import SpatialTransformer
-from .config import UNetConfig
 from .embeddings import timestep_embedding
 from .resblock import Downsample, ResBlock, Upsample
 from .skip_concat import SKIP_CONCATENATION, concatenate_skip

@@ -18,8 +18,8 @@ import math
 import re
 from dataclasses import dataclass
 
-from ..diffusion.config import UNetConfig
 from ..errors import BlockSpecError
+from ..unet_config import UNetConfig
 
 # Presets: sd-webui-lora-block-weight's (17 values, SD1) and ComfyUI Inspire Pack's lbw-preset.txt
 # (SD-* 17 values; SDXL-* 12 values). Presets with variables (R, A, B) are not carried over.

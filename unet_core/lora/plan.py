@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..diffusion.config import UNetConfig
 from ..errors import FamilyMismatchError
+from ..unet_config import UNetConfig
 from .blocks import BlockLayout, block_of, parse_block_spec
 from .deltas import check_fits, module_patches
 from .formats import LoraModule, ParsedLora, check_finite, parse_lora

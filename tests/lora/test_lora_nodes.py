@@ -25,6 +25,7 @@ def setup(standalone_host):
     return standalone_host, model, expected
 
 
+@pytest.mark.slow
 def test_apply_node_lists_file_patches_clone_and_reports(setup):
     from unet_lab.nodes.lora import UNetLabApplyLoRABlockWeights
 
@@ -50,6 +51,7 @@ def test_apply_node_lists_file_patches_clone_and_reports(setup):
     assert "text encoder: 2 keys" in report and "unmatched: none" in report
 
 
+@pytest.mark.slow
 def test_bake_node_returns_a_model_with_merged_weights(setup):
     from unet_lab.nodes.lora import UNetLabApplyLoRABlockWeights, UNetLabBakeLoRA
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SD2_CONFIG, SDXL_CONFIG
 from unet_lab.unet_core.errors import BlockSpecError
 from unet_lab.unet_core.lora.blocks import PRESETS, BlockLayout, block_of, parse_block_spec, presets_for
+from unet_lab.unet_core.unet_config import SD1_CONFIG, SD2_CONFIG, SDXL_CONFIG
 
-# FACTS.md (sd-webui-lora-block-weight): the block ids of each vector, in order.
+# sd-webui-lora-block-weight (its README and scripts): the block ids of each vector, in order.
 SD1_17 = ["BASE", "IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00"] + [f"OUT{i:02d}" for i in range(3, 12)]
 SD1_26 = ["BASE"] + [f"IN{i:02d}" for i in range(12)] + ["M00"] + [f"OUT{i:02d}" for i in range(12)]
 SDXL_12 = ["BASE", "IN04", "IN05", "IN07", "IN08", "M00"] + [f"OUT{i:02d}" for i in range(6)]

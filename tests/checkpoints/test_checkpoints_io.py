@@ -19,8 +19,8 @@ from unet_lab.unet_core.checkpoints.loader import load_unet
 from unet_lab.unet_core.checkpoints.safetensors_header import read_header
 from unet_lab.unet_core.checkpoints.sniff import sniff
 from unet_lab.unet_core.checkpoints.writer import architecture_for, next_free_path, save_unet
-from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SD2_CONFIG, SDXL_CONFIG, UNetConfig
 from unet_lab.unet_core.errors import CheckpointError
+from unet_lab.unet_core.unet_config import SD1_CONFIG, SD2_CONFIG, SDXL_CONFIG, UNetConfig
 
 TINY_XL = UNetConfig(block_out_channels=(32, 64, 64), transformer_layers_per_block=(0, 1, 2),
                      num_attention_heads=(1, 2, 2), cross_attention_dim=64, norm_num_groups=8,

@@ -20,9 +20,9 @@ from fixtures_diffusion import (
     sdxl_inputs,
     shared_keymap,
 )
-from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SD2_CONFIG, SDXL_CONFIG
 from unet_lab.unet_core.diffusion.embeddings import sdxl_adm_embedding
 from unet_lab.unet_core.diffusion.unet import UNetModel
+from unet_lab.unet_core.unet_config import SD1_CONFIG, SD2_CONFIG, SDXL_CONFIG
 
 
 def _ours_from(diff_model, config) -> UNetModel:
@@ -42,6 +42,7 @@ def _sdxl_y_reference(text_embeds, time_ids, dim):
     return torch.cat([text_embeds, emb], dim=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config,size", [(TINY_SD1, (16, 16)), (TINY_SD2, (16, 24)),
                                          (TINY_SDXL, (16, 16)), (TINY_SD1_INPAINT, (16, 16)),
                                          (TINY_SD2, (22, 14))],
@@ -85,7 +86,7 @@ def test_real_configs_have_the_real_keys_and_shapes(config, keys, params):
     assert sum(torch.Size(s).numel() for s in ours.values()) == params
     assert ours == {k: tuple(v.shape) for k, v in renamed.items()}
     convert = shared_keymap()
-    if convert is not None:  # the shared key map agrees with FACTS.md's renaming table
+    if convert is not None:  # the shared key map agrees with the renaming table written out in fixtures_diffusion
         assert set(convert(twin.state_dict(), config)) == set(renamed)
 
 

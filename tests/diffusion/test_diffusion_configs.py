@@ -6,11 +6,11 @@ import math
 
 import torch
 
-from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SD2_CONFIG, SDXL_CONFIG
 from unet_lab.unet_core.diffusion.embeddings import sdxl_adm_embedding, timestep_embedding
 from unet_lab.unet_core.diffusion.ldm_config import config_from_ldm_unet_config
+from unet_lab.unet_core.unet_config import SD1_CONFIG, SD2_CONFIG, SDXL_CONFIG
 
-# What comfy.model_detection.detect_unet_config reports for the real files (FACTS.md / ComfyUI source).
+# What comfy.model_detection.detect_unet_config reports for the real files (ComfyUI 0.3.64 source).
 COMFY_SD15 = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
               "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320,
               "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],

@@ -17,11 +17,11 @@ from unet_lab.nodes.diffusion import (
     UNetLabSaveUNet,
     UNetLabSwapUNet,
 )
-from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SDXL_CONFIG
 from unet_lab.unet_core.diffusion.embeddings import sdxl_adm_embedding
 from unet_lab.unet_core.diffusion.swap import check_swap
 from unet_lab.unet_core.diffusion.unet import UNetModel
 from unet_lab.unet_core.errors import FamilyMismatchError, InputError
+from unet_lab.unet_core.unet_config import SD1_CONFIG, SDXL_CONFIG
 
 KEY = "input_blocks.4.1.transformer_blocks.0.attn1.to_v.weight"
 
@@ -51,6 +51,7 @@ def test_nodes_are_registered_with_comfy_metadata():
         assert cls.CATEGORY == "UNet Lab/diffusion"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["ldm", "ldm_prefixed"])
 def test_load_unet_ldm_layouts(standalone_host, layout):
     _, sd = write_tiny_unet(standalone_host.models_root, f"tiny_{layout}.safetensors", TINY_SD1, seed=1, layout=layout)
@@ -64,6 +65,7 @@ def test_load_unet_ldm_layouts(standalone_host, layout):
     assert details["config"] == TINY_SD1 and details["weight_dtype"] == torch.float32
 
 
+@pytest.mark.slow
 def test_load_unet_diffusers_file_runs_like_diffusers(standalone_host):
     """A file holding diffusers' own state dict, loaded by the node, predicts what diffusers predicts."""
     write_tiny_unet(standalone_host.models_root, "tiny_xl_diffusers.safetensors", TINY_SDXL, seed=4,
@@ -114,6 +116,7 @@ def test_inspect_unet_reports_on_the_node(standalone_host):
         UNetLabInspectUNet().inspect("loras/a.safetensors")
 
 
+@pytest.mark.slow
 def test_swap_unet_takes_the_file_weights_and_keeps_patches(standalone_host):
     root = standalone_host.models_root
     write_tiny_unet(root, "a.safetensors", TINY_SD1, seed=1)

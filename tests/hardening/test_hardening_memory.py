@@ -15,6 +15,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from pack_support import REPO_ROOT
 
 SCRIPT = textwrap.dedent(r'''
@@ -26,7 +28,7 @@ SCRIPT = textwrap.dedent(r'''
     from pack_support import load_pack
     load_pack()
     from fixtures_hardening import make_host, tiny_unet_state_dict, tiny_seg_model
-    from unet_lab.unet_core.diffusion.config import UNetConfig
+    from unet_lab.unet_core.unet_config import UNetConfig
     from unet_lab.unet_core.checkpoints.writer import save_unet
     from unet_lab.unet_core.checkpoints.loader import load_unet
     from unet_lab.unet_core.segmentation.checkpoint import SegmentationMeta, load_segmentation, save_segmentation
@@ -74,6 +76,7 @@ SCRIPT = textwrap.dedent(r'''
 ''')
 
 
+@pytest.mark.slow
 def test_load_drop_cycles_do_not_grow_rss(tmp_path):
     script = tmp_path / "cycles.py"
     script.write_text(SCRIPT)

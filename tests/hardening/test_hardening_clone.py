@@ -78,6 +78,7 @@ def _apply(op, model):
     return model
 
 
+@pytest.mark.slow
 def test_clone_safety(setup):
     from unet_lab.nodes.host import use_host
     from unet_lab.unet_core.errors import UNetLabError

@@ -49,6 +49,7 @@ def _assert_bitwise_same(model, snapshot):
         assert torch.equal(now[k], v), f"{k} changed in the input MODEL"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_merged_weights_follow_the_formulas(models, family, fmt):
@@ -109,7 +110,7 @@ def test_zero_block_weights_leave_those_blocks_alone(models):
 
 
 def _core_comfy_prefixes(shapes, ldm_to_diffusers):
-    """The LoRA prefixes core ComfyUI maps for a UNet (FACTS.md: comfy/lora.py model_lora_keys_unet)."""
+    """The LoRA prefixes core ComfyUI maps for a UNet (ComfyUI 0.3.64, comfy/lora.py model_lora_keys_unet)."""
     core = set()
     for key in shapes:
         if key.endswith(".weight"):
@@ -125,6 +126,7 @@ def _core_comfy_prefixes(shapes, ldm_to_diffusers):
     return core
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["peft", "peft_base_model"])
 def test_peft_keys_core_comfyui_drops_are_applied(models, fmt):
     model = models["sdxl"]

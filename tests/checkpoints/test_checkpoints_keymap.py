@@ -12,8 +12,8 @@ from unet_lab.unet_core.checkpoints.keymap import (
     diffusers_to_ldm_keymap,
     ldm_to_diffusers_keymap,
 )
-from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SD2_CONFIG, SDXL_CONFIG, UNetConfig
 from unet_lab.unet_core.errors import CheckpointError
+from unet_lab.unet_core.unet_config import SD1_CONFIG, SD2_CONFIG, SDXL_CONFIG, UNetConfig
 
 REAL = {"sd1": SD1_CONFIG, "sd2": SD2_CONFIG, "sdxl": SDXL_CONFIG}
 REDUCED = {

@@ -195,6 +195,7 @@ def _sdpa_reference(q, k, v, extra):
     return (w @ vh).transpose(1, 2).reshape(b, n, inner)
 
 
+@pytest.mark.slow
 def test_attention_patches_and_replace_keys(patcher):
     x, t, ctx = _inputs()
     with torch.no_grad():
@@ -240,6 +241,7 @@ def test_unet_function_wrapper_is_called(patcher):
     assert torch.equal(out, torch.ones_like(out)) and seen["input"] is x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2])
 def test_stored_dtypes_compute_like_fp32_on_the_rounded_weights(sd1_sd, dtype):
     p = create_model_patcher(dict(sd1_sd), make_spec(TINY_SD1), weight_dtype=dtype)
@@ -262,6 +264,7 @@ def test_stored_dtypes_compute_like_fp32_on_the_rounded_weights(sd1_sd, dtype):
     assert p.diffusion_model.state_dict()[KEY].dtype == dtype
 
 
+@pytest.mark.slow
 def test_sdxl_patcher_takes_y(patcher):
     sd = random_ldm_state_dict(TINY_SDXL, seed=2)
     p = create_model_patcher(sd, make_spec(TINY_SDXL, family="sdxl"))

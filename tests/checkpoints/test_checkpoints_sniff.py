@@ -12,7 +12,7 @@ from unet_lab.unet_core.checkpoints import safetensors_header
 from unet_lab.unet_core.checkpoints.report import describe
 from unet_lab.unet_core.checkpoints.sniff import sniff
 from unet_lab.unet_core.checkpoints.spec import require_unet
-from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SD2_CONFIG, SDXL_CONFIG
+from unet_lab.unet_core.unet_config import SD1_CONFIG, SD2_CONFIG, SDXL_CONFIG
 
 log = logging.getLogger(__name__)
 FAMILIES = ["sd1", "sd2", "sdxl", "sd1_inpaint", "sd2_inpaint", "sdxl_inpaint"]

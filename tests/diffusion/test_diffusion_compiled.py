@@ -37,6 +37,7 @@ def _compiled_regions(model):
     return [c for m in model.modules() for c in vars(m).values() if isinstance(c, CompiledCall)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scope", ["blocks", "full"])
 def test_dynamo_traced_unet_gives_the_eager_output(scope):
     from unet_lab.unet_core.compiling import CompiledCall
