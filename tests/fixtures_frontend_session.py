@@ -194,6 +194,8 @@ class FrontendSession:
     def load(self, workflow: dict[str, Any]) -> LoadReport:
         self.console.clear()
         self.state.missing.clear()
+        for _ in range(2):  # close what an earlier load opened (the missing-nodes dialog)
+            self.page.keyboard.press("Escape")
         self.page.evaluate("async (wf) => { await window.app.loadGraphData(wf, true, true, 'test'); }", workflow)
         result = self.page.evaluate(_MEASURE_JS)
         errors = [m for m in self.console if not m.startswith("Failed to load resource")]
@@ -230,9 +232,17 @@ class FrontendSession:
           await node.unetlabFamilyLookup;
         }}""")
 
+    def _mark_editor(self) -> None:
+        """Tag the editor of the loaded graph's LoRA node (tabs of earlier workflows keep theirs in the DOM)."""
+        self.page.evaluate(f"""() => {{
+          document.querySelectorAll('[data-role="block-editor"]').forEach((e) => e.removeAttribute("data-current"));
+          {self._node_js("UNetLabApplyLoRABlockWeights")}.unetlabEditor.element.setAttribute("data-current", "1");
+        }}""")
+
     def block_editor(self) -> dict[str, Any]:
+        self._mark_editor()
         return self.page.evaluate("""() => {
-          const root = document.querySelector('[data-role="block-editor"]');
+          const root = document.querySelector('[data-role="block-editor"][data-current="1"]');
           const sliders = [...root.querySelectorAll('input[type="range"]')];
           return {family: root.querySelector('[data-role="family"]').value,
                   blocks: sliders.map((s) => s.dataset.block),
@@ -241,19 +251,25 @@ class FrontendSession:
 
     def drag_slider(self, block: str, fraction: float) -> None:
         """Press on the slider's thumb and drag it to ``fraction`` of its width, with the mouse."""
-        slider = self.page.locator(f'[data-role="block-editor"] input[data-block="{block}"]')
+        self._mark_editor()
+        slider = self.page.locator(f'[data-current="1"] input[data-block="{block}"]')
         slider.scroll_into_view_if_needed()
         box = slider.bounding_box()
         value = float(slider.input_value())
         start = box["x"] + box["width"] * (value + 1) / 3  # range -1..2
         y = box["y"] + box["height"] / 2
+        hit = self.page.evaluate(f"() => {{ const e = document.elementFromPoint({start}, {y}); "
+                                 f"return e ? e.tagName + ' ' + (e.dataset.block || e.className) : ''; }}")
+        if hit != f"INPUT {block}":
+            raise AssertionError(f"the {block} slider is covered by {hit!r} at ({start:.0f}, {y:.0f})")
         self.page.mouse.move(start, y)
         self.page.mouse.down()
         self.page.mouse.move(box["x"] + box["width"] * fraction - (2 if fraction == 0 else 0), y, steps=8)
         self.page.mouse.up()
 
     def choose_editor_preset(self, name: str) -> None:
-        self.page.locator('[data-role="block-editor"] [data-role="preset-menu"]').select_option(name)
+        self._mark_editor()
+        self.page.locator('[data-current="1"] [data-role="preset-menu"]').select_option(name)
 
     def type_spec(self, text: str) -> None:
         """Replace the block_spec text as a user types it."""

@@ -110,16 +110,21 @@ def test_lora_file_header_picks_the_family(session):
 
 
 def test_block_editor_drag_preset_and_text(session):
+    from unet_lab.unet_core.diffusion.config import SDXL_CONFIG
+    from unet_lab.unet_core.lora.blocks import BlockLayout, parse_block_spec
+
+    SDXL = BlockLayout.from_config(SDXL_CONFIG)  # noqa: N806
     session.load(_lora_workflow())
     before = session.widget_value("UNetLabApplyLoRABlockWeights", "block_spec")
     session.drag_slider("M00", fraction=0.0)  # a real mouse drag to the slider's left end (-1)
     after_drag = session.widget_value("UNetLabApplyLoRABlockWeights", "block_spec")
     assert after_drag != before and "M00=-1" in after_drag
-    session.choose_editor_preset("SDXL-ALL")
-    assert session.widget_value("UNetLabApplyLoRABlockWeights", "block_spec") == "1,1,1,1,1,1,1,1,1,1,1,1"
-    session.type_spec("default=0, IN04=0.5")
-    sliders = session.block_editor()["values"]
-    assert sliders["IN04"] == 0.5 and sliders["OUT08"] == 0.0 and sliders["BASE"] == 1.0
+    session.choose_editor_preset("SDXL-OUTALL")
+    written = session.widget_value("UNetLabApplyLoRABlockWeights", "block_spec")
+    # the Python parser reads what the editor wrote as the preset itself
+    assert parse_block_spec(written, SDXL, None) == parse_block_spec("", SDXL, "SDXL-OUTALL")
+    session.type_spec("default=0, IN04=0.5, OUT01-02=1.5")
+    assert session.block_editor()["values"] == parse_block_spec("default=0, IN04=0.5, OUT01-02=1.5", SDXL, None)
 
 
 def test_segment_image_panels_after_a_run(session):
