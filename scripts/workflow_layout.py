@@ -6,7 +6,8 @@ initial view (``extra.ds``) in place:
 - a node's column is the length of the longest chain of links feeding it, unless ``columns``
   names one; a Note heads its column (column 0 unless ``columns`` names one), above the nodes,
   never over them;
-- in a column, nodes sit top to bottom in the order of the mean height of what feeds them;
+- in a column, nodes sit top to bottom by their chain depth (a node below what feeds it), then
+  by the mean height of what feeds them;
 - a node's height is what ComfyUI_frontend 1.27.10 draws at least (title excluded): slot rows,
   widget rows, multiline text boxes, the image preview of Load Image, the preview of saved
   images, the block-weight editor of the pack's LoRA nodes (its SDXL or SD1/SD2 rows). The
@@ -71,8 +72,8 @@ def layout(workflow: dict[str, Any], schemas: Any, columns: dict[int, int] | Non
     nodes = {n["id"]: n for n in workflow["nodes"]}
     links = workflow["links"]
     notes = [i for i, n in nodes.items() if n["type"] in NOTE_TYPES]
-    column = {**dict.fromkeys(notes, 0), **_depths({i: n for i, n in nodes.items() if i not in notes}, links),
-              **(columns or {})}
+    depth = _depths({i: n for i, n in nodes.items() if i not in notes}, links)
+    column = {**dict.fromkeys(notes, 0), **depth, **(columns or {})}
     feeds: dict[int, list[int]] = {}
     for _link, origin, _slot, target, _to, _kind in links:
         feeds.setdefault(target, []).append(origin)
@@ -81,7 +82,7 @@ def layout(workflow: dict[str, Any], schemas: Any, columns: dict[int, int] | Non
     order = 1
     for index in sorted(set(column.values())):
         members = [i for i in nodes if column.get(i) == index and i not in notes]
-        members.sort(key=lambda i: (sum(centre.get(o, 0) for o in feeds.get(i, [])) / max(1, len(feeds.get(i, []))), i))
+        members.sort(key=lambda i: (depth[i], sum(centre.get(o, 0) for o in feeds.get(i, [])) / max(1, len(feeds.get(i, []))), i))
         members = [i for i in notes if column[i] == index] + members
         width = max(NOTE_WIDTH if nodes[i]["type"] in NOTE_TYPES else NODE_WIDTH for i in members)
         y = 0

@@ -62,9 +62,13 @@ async () => {
   }
   const prompt = (await app.graphToPrompt()).output;
   await app.extensionManager.command.execute("Comfy.Canvas.FitView");
+  let last = -1;
+  for (let i = 0; i < 40 && app.canvas.ds.scale !== last; i++) {  // the view animates to the fit
+    last = app.canvas.ds.scale;
+    await wait(100);
+  }
   app.canvas.setDirty(true, true);
   app.canvas.draw(true, true);
-  await wait(100);
   return {missing, overlaps, boxes, prompt, fitScale: app.canvas.ds.scale, lowQuality: app.canvas.low_quality};
 }
 """

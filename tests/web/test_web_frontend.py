@@ -135,3 +135,12 @@ def test_segment_image_panels_after_a_run(session):
     assert panels["overlay_width"] > 0  # the overlay image loaded through /view
     assert panels["text"], "no report panel"
     assert panels["text_scroll_width"] <= panels["text_client_width"] + 1, "the report panel scrolls sideways"
+
+
+def test_help_pages_answer_where_the_frontend_asks_first(session):
+    import unet_lab
+
+    for name in unet_lab.NODE_CLASS_MAPPINGS:
+        response = session.page.request.get(f"{session.server.url}/extensions/unet_lab/docs/{name}/en.md")
+        assert response.status == 200, name
+        assert response.text().startswith(f"# {unet_lab.NODE_DISPLAY_NAME_MAPPINGS[name]}")

@@ -50,20 +50,18 @@ function addPanel(node, name, element, height) {
   return w;
 }
 
-function fitHeight(node, exact = false) {
+function fitHeight(node) {
   const size = node.computeSize?.();
-  if (size && node.size && (size[1] > node.size[1] || (exact && size[1] !== node.size[1]))) {
-    node.setSize?.([Math.max(node.size[0], size[0]), size[1]]);
-  }
+  if (size && node.size && size[1] > node.size[1]) node.setSize?.([Math.max(node.size[0], size[0]), size[1]]);
   node.setDirtyCanvas?.(true, true);
 }
 
-/** Switch the editor to ``family`` and size the node to the new number of sliders. */
+/** Switch the editor to ``family``; the node grows when the new layout has more sliders. */
 function showFamily(node, family) {
   const editor = node.unetlabEditor;
   if (!editor || !family || family === editor.family()) return;
   editor.setFamily(family);
-  fitHeight(node, true);
+  fitHeight(node);
 }
 
 /** Ask the server which family the node's LoRA file is for; switch when the header tells. */
