@@ -106,7 +106,7 @@ class UNetLabLoadSegmentationUNet:
                                                      "per level). 16 trains in seconds on a CPU; 64 is the paper."}),
                 "classes": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "New models only: 1 = binary "
                                     "(sigmoid, foreground/background); more = classes with softmax (0 = background)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1,
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "control_after_generate": False,
                                  "tooltip": "New models only: seed of the initial weights."}),
             },
         }

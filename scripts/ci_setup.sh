@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# CI set-up for the web tests: Chromium (headless browser test) and Node.js (node --test tests/js/).
-# Installs Debian's chromium with apt-get when no Chromium is found (needs root); fails when node
-# is missing and cannot be installed, since tests/test_web_block_spec.py and tests/js/ need it.
-# Safe to run repeatedly.
+# CI set-up for the web tests: Chromium (the headless browser tests, driven by Playwright from
+# requirements-dev.txt through executable_path: never `playwright install`) and Node.js
+# (node --test tests/js/). Installs Debian's chromium with apt-get when no Chromium
+# is found (needs root); fails when node is missing and cannot be installed, since
+# tests/web/test_web_block_spec.py and tests/js/ need it. Safe to run repeatedly.
 set -euo pipefail
 
 have() { command -v "$1" >/dev/null 2>&1; }

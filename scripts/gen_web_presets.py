@@ -2,7 +2,7 @@
 """Write web/js/lbw_presets.js from unet_core/lora/blocks.py (PRESETS, NO_PRESET).
 
 The web editor needs the block-weight presets synchronously in the browser; the Python module is
-their single source. tests/test_web_presets.py fails when the two differ, and names this script.
+their single source. tests/web/test_web_block_spec.py fails when the two differ, and names this script.
 
     .venv/bin/python scripts/gen_web_presets.py          # rewrite the file
     .venv/bin/python scripts/gen_web_presets.py --check  # exit 1 if it is stale

@@ -4,7 +4,7 @@
     .venv/bin/python scripts/make_node_table.py --check  # exit 1 when README differs
 
 Only the text between "## Nodes" and the next "## " heading is replaced (the section is
-inserted before "## Layout" when missing). ``tests/test_workflows_docs.py`` compares the
+inserted before "## Layout" when missing). ``tests/web/test_workflows_docs.py`` compares the
 README with what this renders, so the table cannot drift from the code.
 """
 

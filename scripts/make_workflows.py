@@ -5,8 +5,9 @@
 Each workflow is described below as nodes with widget values by input name and
 links by output/input name; the node schemas (our classes plus the recorded core
 ``/object_info``) give the ``widgets_values`` layout, socket types and slots, so
-the files match what the frontend writes. ``unet_lab_segmentation_training.json``
-is not written here (the segmentation demo has its own owner).
+the files match what the frontend writes. ``scripts/workflow_layout.py`` places the
+nodes. ``unet_lab_segmentation_training.json`` is not built here (the segmentation demo
+has its own owner): it is only re-laid out (``RELAYOUT``), its contents kept.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+
+from workflow_layout import layout  # noqa: E402
 
 from pack_support import load_pack  # noqa: E402  (tests/ holds the one pack loader)
 
@@ -47,15 +51,23 @@ class Builder:
 
     def note(self, text: str) -> int:
         node_id = len(self.nodes) + 1
-        self.nodes.append({"id": node_id, "type": "Note", "widgets": {}, "text": text, "title": None})
+        self.nodes.append({"id": node_id, "type": "Note", "widgets": {}, "text": text, "title": None, "column": None})
         return node_id
 
-    def add(self, node_type: str, title: str | None = None, **widgets: Any) -> int:
+    def add(self, node_type: str, title: str | None = None, column: int | None = None,
+            properties: dict[str, Any] | None = None, **widgets: Any) -> int:
+        """A node with widget values by input name; ``column`` overrides its place left to right."""
         if self.schemas.get(node_type) is None:
             raise KeyError(f"unknown node type {node_type}")
         node_id = len(self.nodes) + 1
-        self.nodes.append({"id": node_id, "type": node_type, "widgets": widgets, "title": title})
+        self.nodes.append({"id": node_id, "type": node_type, "widgets": widgets, "title": title, "column": column,
+                           "properties": properties or {}})
         return node_id
+
+    def place(self, column: int, *node_ids: int) -> None:
+        """Put nodes in ``column`` (0 = leftmost) instead of the one their links give."""
+        for node_id in node_ids:
+            self.nodes[node_id - 1]["column"] = column
 
     def link(self, origin: int, output: str, target: int, input_name: str) -> None:
         self.pending.append((origin, output, target, input_name))
@@ -94,15 +106,7 @@ class Builder:
                 raise NotImplementedError(f"{node['type']}.{spec.name}: combo with control_after_generate")
         return values
 
-    def _depths(self) -> dict[int, int]:
-        depth = {n["id"]: 0 for n in self.nodes}
-        for _ in self.nodes:
-            for origin, _o, target, _i in self.pending:
-                depth[target] = max(depth[target], depth[origin] + 1)
-        return depth
-
     def build(self) -> dict[str, Any]:
-        depth = self._depths()
         by_id = {n["id"]: n for n in self.nodes}
         ui_nodes: dict[int, dict[str, Any]] = {}
         for node in self.nodes:
@@ -119,7 +123,7 @@ class Builder:
                         "links": [], "slot_index": i} for i, t in enumerate(schema.outputs)]
             item: dict[str, Any] = {"id": node["id"], "type": node["type"], "pos": [0, 0], "size": [0, 0],
                                     "flags": {}, "order": 0, "mode": 0, "inputs": inputs, "outputs": outputs,
-                                    "properties": {"Node name for S&R": node["type"]},
+                                    "properties": {"Node name for S&R": node["type"], **node["properties"]},
                                     "widgets_values": self._widget_values(node)}
             if node["title"]:
                 item["title"] = node["title"]
@@ -142,40 +146,17 @@ class Builder:
             for output in node["outputs"]:
                 if not output["links"]:
                     output["links"] = None
-        self._layout(ui_nodes, depth)
-        return {"last_node_id": max(ui_nodes), "last_link_id": len(links), "nodes": list(ui_nodes.values()),
-                "links": links, "groups": [], "config": {},
-                "extra": {"ds": {"scale": 0.8, "offset": [40, 40]}}, "version": 0.4}
+        workflow = {"last_node_id": max(ui_nodes), "last_link_id": len(links), "nodes": list(ui_nodes.values()),
+                    "links": links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
+        columns = {n["id"]: n["column"] for n in self.nodes if n["column"] is not None}
+        layout(workflow, self.schemas, columns)
+        return workflow
 
-    def _layout(self, ui_nodes: dict[int, dict[str, Any]], depth: dict[int, int]) -> None:
-        columns: dict[int, list[int]] = {}
-        for node_id in sorted(ui_nodes):
-            if ui_nodes[node_id]["type"] != "Note":
-                columns.setdefault(depth[node_id], []).append(node_id)
-        order = sorted((n for n in ui_nodes if ui_nodes[n]["type"] != "Note"), key=lambda n: (depth[n], n))
-        for index, node_id in enumerate(order):
-            ui_nodes[node_id]["order"] = index + 1
-        x = 460
-        for column in sorted(columns):
-            y = 40
-            for node_id in columns[column]:
-                node = ui_nodes[node_id]
-                rows = max(len(node["inputs"]), len(node["outputs"])) + len(node["widgets_values"])
-                multiline = any(isinstance(v, str) and (len(v) > 40 or "\n" in v) for v in node["widgets_values"])
-                height = 46 + 24 * rows + (80 if multiline else 0)
-                node["pos"] = [x, y]
-                node["size"] = [320, height]
-                y += height + 60
-            x += 380
-        for node in ui_nodes.values():
-            if node["type"] == "Note":
-                node["pos"] = [20, 40]
-                node["order"] = 0
 
 
 # -- the workflows ---------------------------------------------------------------------------------------
 def sdxl_turbo(b: Builder) -> None:
-    b.note("UNet Lab: SDXL-Turbo from a UNet-only file, one step.\n\nModel files:\n"
+    note = b.note("UNet Lab: SDXL-Turbo from a UNet-only file, one step.\n\nModel files:\n"
            "- models/diffusion_models/sdxl_turbo_unet.safetensors: the SDXL-Turbo UNet (UNet-only, e.g. "
            "written by Save UNet from sd_xl_turbo_1.0_fp16.safetensors)\n"
            "- models/text_encoders/clip_l.safetensors and clip_g.safetensors: the SDXL text encoders\n"
@@ -209,10 +190,12 @@ def sdxl_turbo(b: Builder) -> None:
     b.link(vae, "VAE", decode, "vae")
     b.link(decode, "IMAGE", save, "images")
     b.link(unet, "info", info, "source")
+    b.place(3, note)
+    b.place(2, latent)
 
 
 def _text_to_image(b: Builder, model: tuple[int, str], ckpt: int, size: int, steps: int, cfg: float,
-                   prompt: str, prefix: str, sampler: str = "euler", scheduler: str = "normal") -> int:
+                   prompt: str, prefix: str, sampler: str = "euler", scheduler: str = "normal") -> dict[str, int]:
     pos = b.add("CLIPTextEncode", title="Positive", text=prompt)
     neg = b.add("CLIPTextEncode", title="Negative", text="blurry, low quality, watermark")
     latent = b.add("EmptyLatentImage", width=size, height=size, batch_size=1)
@@ -228,7 +211,7 @@ def _text_to_image(b: Builder, model: tuple[int, str], ckpt: int, size: int, ste
     b.link(ks, "LATENT", decode, "samples")
     b.link(ckpt, "VAE", decode, "vae")
     b.link(decode, "IMAGE", save, "images")
-    return ks
+    return {"pos": pos, "neg": neg, "latent": latent, "ks": ks, "decode": decode, "save": save}
 
 
 def swap_unet_sd15(b: Builder) -> None:
@@ -257,14 +240,18 @@ def lora_block_weights_sdxl(b: Builder) -> None:
            "Block spec: IN00-08, M00, OUT00-08 (SDXL); 'default=' sets the rest. Here the input blocks are "
            "weakened and the middle of the decoder (where style lives) kept.")
     ckpt = b.add("CheckpointLoaderSimple", ckpt_name="sd_xl_base_1.0.safetensors")
-    lora = b.add("UNetLabApplyLoRABlockWeights", lora_name="sdxl_style_lora.safetensors", strength=1.0,
+    lora = b.add("UNetLabApplyLoRABlockWeights", properties={"unetlab_family": "sdxl"},
+                 lora_name="sdxl_style_lora.safetensors", strength=1.0,
                  preset="none (use block spec)",
                  block_spec="default=1, IN=0.5, M00=1, OUT00-02=0.8, OUT03-05=1, OUT06-08=0.6")
     b.link(ckpt, "MODEL", lora, "model")
-    _text_to_image(b, (lora, "model"), ckpt, 1024, 25, 7.0, "a cozy reading nook, warm light, detailed",
-                   "unet_lab/lora_block_weights_sdxl", sampler="euler_ancestral", scheduler="normal")
+    t2i = _text_to_image(b, (lora, "model"), ckpt, 1024, 25, 7.0, "a cozy reading nook, warm light, detailed",
+                         "unet_lab/lora_block_weights_sdxl", sampler="euler_ancestral", scheduler="normal")
     report = b.add("PreviewAny", title="LoRA report")
     b.link(lora, "report", report, "source")
+    b.place(2, t2i["pos"], t2i["neg"])
+    b.place(3, t2i["ks"], report)
+    b.place(4, t2i["decode"], t2i["save"])
 
 
 def skip_attention_gates(b: Builder) -> None:
@@ -280,8 +267,9 @@ def skip_attention_gates(b: Builder) -> None:
     freeu = b.add("FreeU_V2", b1=1.5, b2=1.6, s1=0.9, s2=0.2)
     b.link(ckpt, "MODEL", gate, "model")
     b.link(gate, "model", freeu, "model")
-    ks = _text_to_image(b, (freeu, "MODEL"), ckpt, 512, 20, 7.0, "a red bicycle leaning on a brick wall, photo",
-                        "unet_lab/skip_attention_gates")
+    t2i = _text_to_image(b, (freeu, "MODEL"), ckpt, 512, 20, 7.0, "a red bicycle leaning on a brick wall, photo",
+                         "unet_lab/skip_attention_gates")
+    ks = t2i["ks"]
     maps = b.add("UNetLabSkipGateMaps", levels="all", passes="cond", combine="mean", size="image")
     to_image = b.add("MaskToImage")
     preview = b.add("PreviewImage", title="Gate maps")
@@ -291,6 +279,10 @@ def skip_attention_gates(b: Builder) -> None:
     b.link(maps, "masks", to_image, "mask")
     b.link(to_image, "IMAGE", preview, "images")
     b.link(gate, "report", report, "source")
+    b.place(1, gate, freeu)
+    b.place(2, t2i["pos"], t2i["neg"], report)
+    b.place(3, ks, t2i["decode"], t2i["save"])
+    b.place(4, maps, to_image, preview)
 
 
 def segment_image(b: Builder) -> None:
@@ -352,13 +344,22 @@ WORKFLOWS = {
 }
 
 
+# Shipped workflows built elsewhere: only their layout is made here (node ids -> column overrides).
+RELAYOUT: dict[str, dict[int, int]] = {"unet_lab_segmentation_training": {5: 1}}
+
+
 def build_all() -> dict[str, dict[str, Any]]:
+    """Every workflow this script owns the layout of, by file stem."""
     schemas = schema_set()
     result = {}
     for name, describe in WORKFLOWS.items():
         builder = Builder(schemas)
         describe(builder)
         result[name] = builder.build()
+    for name, columns in RELAYOUT.items():
+        workflow = json.loads((REPO_ROOT / "workflows" / f"{name}.json").read_text(encoding="utf-8"))
+        layout(workflow, schemas, columns)
+        result[name] = workflow
     return result
 
 

@@ -38,6 +38,9 @@ MODE_BYPASS = 4
 VIRTUAL_NODE_TYPES = frozenset({"Reroute", "PrimitiveNode", "Note", "MarkdownNote"})
 UPLOAD_OPTIONS = ("image_upload", "video_upload", "audio_upload")
 SEED_NAMES = ("seed", "noise_seed")
+# Widgets the frontend's own JS adds to a core node (no schema input) and sends in the prompt:
+# PreviewAny's read-only "preview" text ("" until a run fills it); ComfyUI ignores the value.
+FRONTEND_WIDGETS = {"PreviewAny": "preview"}
 
 _SKIP = object()  # a widgets_values slot the prompt does not receive
 
@@ -299,6 +302,9 @@ def _ui_to_api(workflow: Mapping[str, Any], schemas: SchemaSet) -> dict[str, Any
         if schema is not None:
             inputs.update(_widget_values(node, schema))
         inputs.update(pushed.get(node_id, {}))
+        if node_type in FRONTEND_WIDGETS:
+            values = [v for v in node.get("widgets_values") or [] if isinstance(v, str)]
+            inputs.setdefault(FRONTEND_WIDGETS[node_type], values[0] if values else "")
         inputs = {k: ({"__value__": v} if isinstance(v, list) else v) for k, v in inputs.items()}
         for index, entry in enumerate(node.get("inputs") or []):
             if not isinstance(entry, Mapping) or entry.get("link") is None:

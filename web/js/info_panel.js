@@ -7,7 +7,7 @@ export function createTextPanel(doc, role) {
   root.setAttribute("data-role", role);
   Object.assign(root.style, {
     font: "11px monospace", color: "var(--input-text, #ddd)", background: "var(--comfy-input-bg, #222)",
-    padding: "4px", borderRadius: "4px", whiteSpace: "pre", overflowX: "auto", overflowY: "hidden",
+    padding: "4px", borderRadius: "4px", whiteSpace: "pre-wrap", overflowWrap: "anywhere", overflow: "hidden",
     boxSizing: "border-box",
     width: "100%",
   });
@@ -22,6 +22,9 @@ export function createTextPanel(doc, role) {
       root.style.display = lines.length ? "" : "none";
     },
     lineCount: () => root.childElementCount,
+    /** Rows the text takes when wrapped at ``charsPerRow`` characters. */
+    wrappedRows: (charsPerRow) => [...root.children].reduce(
+      (rows, line) => rows + Math.max(1, Math.ceil(line.textContent.length / Math.max(1, charsPerRow))), 0),
   };
 }
 

@@ -17,6 +17,8 @@ export const LORA_NODES = new Set(["UNetLabApplyLoRABlockWeights", "UNetLabBakeL
 export const SEGMENT_NODES = new Set(["UNetLabSegmentImage"]);
 const PACK_PREFIX = "UNetLab";
 const FAMILY_PROPERTY = "unetlab_family";
+// The pack's route (nodes/lora_family_route.py): the family a LoRA file was made for, from its header.
+const LORA_FAMILY_ROUTE = "/unet_lab/lora_family";
 
 function chain(proto, name, after) {
   const original = proto[name];
@@ -54,6 +56,32 @@ function fitHeight(node) {
   node.setDirtyCanvas?.(true, true);
 }
 
+/** Switch the editor to ``family``; the node grows when the new layout has more sliders. */
+function showFamily(node, family) {
+  const editor = node.unetlabEditor;
+  if (!editor || !family || family === editor.family()) return;
+  editor.setFamily(family);
+  fitHeight(node);
+}
+
+/** Ask the server which family the node's LoRA file is for; switch when the header tells. */
+function lookUpLoraFamily(node) {
+  const name = widget(node, "lora_name")?.value;
+  if (!name || typeof api?.fetchApi !== "function") return Promise.resolve(null);
+  const lookup = api.fetchApi(`${LORA_FAMILY_ROUTE}?name=${encodeURIComponent(name)}`)
+    .then((response) => (response.ok ? response.json() : null))
+    .then((answer) => {
+      if (answer?.family && widget(node, "lora_name")?.value === name) showFamily(node, answer.family);
+      return answer?.family ?? null;
+    })
+    .catch((err) => {
+      console.warn("UNet Lab: LoRA family lookup failed", err);
+      return null;
+    });
+  node.unetlabFamilyLookup = lookup;
+  return lookup;
+}
+
 function attachBlockEditor(node) {
   const spec = widget(node, "block_spec");
   if (!spec || node.unetlabEditor) return;
@@ -87,6 +115,15 @@ function attachBlockEditor(node) {
   };
   const input = spec.inputEl ?? spec.element;
   input?.addEventListener?.("input", () => { if (!writing) editor.refresh(); });
+  const lora = widget(node, "lora_name");
+  if (lora) {
+    const originalLoraCallback = lora.callback;
+    lora.callback = function (...args) {
+      const result = originalLoraCallback?.apply(this, args);
+      lookUpLoraFamily(node);
+      return result;
+    };
+  }
   if (preset) {
     const originalPresetCallback = preset.callback;
     preset.callback = function (...args) {
@@ -106,7 +143,9 @@ function showInfo(node, message) {
   if (!node.unetlabInfo) {
     const panel = createTextPanel(document, "unet-info");
     node.unetlabInfo = panel;
-    addPanel(node, "unet_info", panel.element, () => 10 + 14 * Math.max(1, panel.lineCount()));
+    // 11px monospace: about 6.6 px a character; wrapped lines make the panel taller, never wider.
+    addPanel(node, "unet_info", panel.element,
+      () => 10 + 14 * Math.max(1, panel.wrappedRows(Math.floor(((node.size?.[0] ?? 300) - 30) / 6.6))));
   }
   node.unetlabInfo.show(lines);
   fitHeight(node);
@@ -131,16 +170,21 @@ app.registerExtension({
     const name = nodeData?.name;
     if (typeof name !== "string" || !name.startsWith(PACK_PREFIX)) return;
     if (LORA_NODES.has(name)) {
-      chain(nodeType.prototype, "onNodeCreated", function () { attachBlockEditor(this); });
+      chain(nodeType.prototype, "onNodeCreated", function () {
+        attachBlockEditor(this);
+        // A fresh node: the family of its LoRA file. On load, onConfigure sets the saved values after
+        // this, and a late answer for the default file is dropped (the name no longer matches).
+        lookUpLoraFamily(this);
+      });
       chain(nodeType.prototype, "onExecuted", function (message) {
         // After a run the node may say which family the patched model was: follow it.
-        const family = familyFromMessage(message);
-        if (family && this.unetlabEditor && family !== this.unetlabEditor.family()) this.unetlabEditor.setFamily(family);
+        showFamily(this, familyFromMessage(message));
       });
       chain(nodeType.prototype, "onConfigure", function () {
         const family = this.properties?.[FAMILY_PROPERTY];
-        if (family && this.unetlabEditor && family !== this.unetlabEditor.family()) this.unetlabEditor.setFamily(family);
+        if (family && this.unetlabEditor && family !== this.unetlabEditor.family()) showFamily(this, family);
         else this.unetlabEditor?.refresh();
+        if (!family) lookUpLoraFamily(this);  // a workflow saved without a family: ask the file's header
       });
     }
     if (SEGMENT_NODES.has(name)) {

@@ -2,8 +2,8 @@
 
 ComfyUI_frontend's node help fetches ``/extensions/<pack>/docs/<NodeType>/<locale>.md`` and falls
 back to ``/extensions/<pack>/docs/<NodeType>.md``; ComfyUI serves ``WEB_DIRECTORY`` (``./web``) as
-``/extensions/<pack>/``. So the page of ``UNetLabBakeLoRA`` is ``web/docs/UNetLabBakeLoRA.md``
-(or ``web/docs/UNetLabBakeLoRA/en.md``). Each page must name the node and every input and output,
+``/extensions/<pack>/``. So the page of ``UNetLabBakeLoRA`` is ``web/docs/UNetLabBakeLoRA/en.md``,
+the one the frontend asks for first (no 404 before the fallback). Each page must name the node and every input and output,
 so a page cannot silently fall behind its node.
 """
 
@@ -21,10 +21,8 @@ NODES = sorted(unet_lab.NODE_CLASS_MAPPINGS)
 
 
 def _page(name: str):
-    for candidate in (DOCS / name / "en.md", DOCS / f"{name}.md"):
-        if candidate.is_file():
-            return candidate
-    return None
+    candidate = DOCS / name / "en.md"
+    return candidate if candidate.is_file() else None
 
 
 def test_web_directory_is_web():
@@ -35,8 +33,8 @@ def test_web_directory_is_web():
 @pytest.mark.parametrize("name", NODES)
 def test_every_node_has_a_help_page(name):
     page = _page(name)
-    assert page is not None, (f"no help page for {name}: write web/docs/{name}.md "
-                              f"(ComfyUI_frontend fetches /extensions/<pack>/docs/{name}.md)")
+    assert page is not None, (f"no help page for {name}: write web/docs/{name}/en.md "
+                              f"(ComfyUI_frontend fetches /extensions/<pack>/docs/{name}/en.md first)")
     text = page.read_text(encoding="utf-8")
     cls = unet_lab.NODE_CLASS_MAPPINGS[name]
     title = text.splitlines()[0]
@@ -55,6 +53,7 @@ def test_every_node_has_a_help_page(name):
 
 
 def test_no_orphan_help_pages():
-    pages = {p.stem for p in DOCS.glob("*.md")} | {p.parent.name for p in DOCS.glob("*/en.md")}
+    assert not list(DOCS.glob("*.md")), "help pages go in web/docs/<NodeType>/en.md"
+    pages = {p.parent.name for p in DOCS.glob("*/en.md")}
     orphans = sorted(pages - set(NODES))
     assert not orphans, f"help pages for nodes that are not registered: {orphans}"
