@@ -131,7 +131,7 @@ class OurHost:
 
     def compiled_runner(self, scenario: Scenario) -> Callable:
         """torch.compile of the whole diffusion model (inductor), as core TorchCompileModel does."""
-        compiled = torch.compile(self.module)
+        compiled = torch.compile(self.module, dynamic=False)
         return self.runner(scenario, lambda executor, *a, **k: compiled(*a, **k))
 
     def reload(self) -> None:
@@ -191,7 +191,7 @@ class ComfyHost:
 
     def compiled_runner(self, scenario: Scenario) -> Callable:
         """Core TorchCompileModel (inductor): the compiled diffusion_model called in place of the module."""
-        return self._bind_compiled(scenario, torch.compile(self.unet))
+        return self._bind_compiled(scenario, torch.compile(self.unet, dynamic=False))
 
     def _bind_compiled(self, scenario: Scenario, compiled) -> Callable:
         options: dict[str, Any] = {"cond_or_uncond": list(scenario.cond_or_uncond)}

@@ -187,7 +187,8 @@ class Accelerator:
             return forward  # another wrapper runs inside this one: capture it uncompiled
         held = self._compiled.get(id(module))
         if held is None or held[0] is not module:
-            held = self._compiled[id(module)] = (module, CompiledCall(original, "the diffusion UNet (under capture)"))
+            compiled = CompiledCall(original, "the diffusion UNet (under capture)", dynamic=False)
+            held = self._compiled[id(module)] = (module, compiled)
         return held[1]
 
     # -- graphs --------------------------------------------------------------------------
