@@ -24,6 +24,31 @@ import torch
 RANK = 8
 
 
+@dataclass
+class Run:
+    """A script's device, dtype and report header from its parsed arguments."""
+
+    device: torch.device
+    on_gpu: bool
+    dtype: torch.dtype
+    header: dict
+
+
+def start(args: Any) -> Run:
+    """Log set-up, the pack loaded, fp16 on CUDA (fp32 on the CPU smoke run)."""
+    import logging
+
+    from _pack import load_core
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    load_core()
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
+    header = {"device": torch.cuda.get_device_name(device) if on_gpu else "cpu", "torch": torch.__version__,
+              "comfyui": args.comfyui}
+    return Run(device, on_gpu, torch.float16 if on_gpu else torch.float32, header)
+
+
 def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Same dtype, shape and bits (NaN-safe: compares the bit patterns)."""
     if a.dtype != b.dtype or a.shape != b.shape:

@@ -35,8 +35,7 @@ import time
 
 import torch
 
-from _capture_setup import ComfyHost, OurHost, Scenario, accelerator, bitwise_equal, configs, make_inputs
-from _pack import load_core
+from _capture_setup import ComfyHost, OurHost, Scenario, accelerator, bitwise_equal, configs, make_inputs, start
 from _rounds import round_orders
 
 log = logging.getLogger("bench_capture")
@@ -155,17 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="calls per round and variant")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    load_core()
-    device = torch.device(args.device)
-    on_gpu = device.type == "cuda"
-    dtype = torch.float16 if on_gpu else torch.float32
+    run = start(args)
+    device, on_gpu, dtype = run.device, run.on_gpu, run.dtype
     rounds, steps = (args.rounds, args.steps) if on_gpu else (1, 1)
     compile_cases = set(CASES) if args.compile_cases == "all" else set(filter(None, args.compile_cases.split(",")))
     if not on_gpu:
         compile_cases = set()
-    report: dict = {"device": torch.cuda.get_device_name(device) if on_gpu else "cpu", "torch": torch.__version__,
-                    "comfyui": args.comfyui, "cases": []}
+    report: dict = {**run.header, "cases": []}
     hosts: dict = {}
     for case in args.cases.split(","):
         family, batch, size, scenario = CASES[case]

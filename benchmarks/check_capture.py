@@ -26,8 +26,7 @@ import sys
 
 import torch
 
-from _capture_setup import ComfyHost, OurHost, Scenario, accelerator, bitwise_equal, configs, make_inputs
-from _pack import load_core
+from _capture_setup import ComfyHost, OurHost, Scenario, accelerator, bitwise_equal, configs, make_inputs, start
 
 log = logging.getLogger("check_capture")
 
@@ -95,14 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=64, help="latent size (64 = 512 px)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    load_core()
-    device = torch.device(args.device)
-    on_gpu = device.type == "cuda"
-    dtype = torch.float16 if on_gpu else torch.float32
+    run = start(args)
+    device, on_gpu, dtype = run.device, run.on_gpu, run.dtype
     size = args.size if on_gpu else 8
-    report: dict = {"device": torch.cuda.get_device_name(device) if on_gpu else "cpu", "torch": torch.__version__,
-                    "families": {}}
+    report: dict = {**run.header, "families": {}}
     ok = True
     for family in args.families.split(","):
         config = configs(not on_gpu)[family]
