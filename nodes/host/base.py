@@ -136,3 +136,13 @@ class Host(ABC):
     @abstractmethod
     def bake_lora_patches(self, model: Any) -> Any:
         """A new MODEL whose UNet weights hold ``model``'s weight patches merged in."""
+
+    # -- acceleration (unet_core.acceleration) -----------------------------------------
+    def accelerate_unet(self, model: Any, settings: Any) -> tuple[Any, Any]:
+        """A clone of ``model`` whose UNet forward runs through a new ``Accelerator`` (CUDA graphs),
+        and that accelerator. Default: the patcher's wrapper API (the standalone patcher)."""
+        from ...unet_core.acceleration.accelerator import Accelerator
+        from ...unet_core.acceleration.install import install_accelerator
+
+        accelerator = Accelerator(settings)
+        return install_accelerator(model, accelerator), accelerator

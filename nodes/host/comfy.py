@@ -174,6 +174,12 @@ class ComfyHost(Host):
             raise HostError("ComfyUI could not rebuild the model after baking the LoRA")
         return baked
 
+    def accelerate_unet(self, model: Any, settings: Any) -> tuple[Any, Any]:
+        """Through ComfyUI's own wrapper and callback mechanism (``comfy_capture``)."""
+        from .comfy_capture import accelerate_comfy_model
+
+        return accelerate_comfy_model(model, settings)
+
     # -- diffusion MODEL (unet_core.diffusion) -------------------------------------------
     def _apply_prediction(self, model: Any, prediction: str | None) -> Any:
         """Force eps / v prediction the way ComfyUI's ModelSamplingDiscrete node does."""

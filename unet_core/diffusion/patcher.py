@@ -28,6 +28,7 @@ from ..state_dict_fit import fit_problems
 from ..unet_config import UNetConfig
 from .unet import UNetModel
 from .weight_patch import calculate_weight
+from .wrappers import DIFFUSION_MODEL, WrapperMethods, Wrappers, all_wrappers, copy_wrappers, run_wrapped
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def _merge_options(base: dict, extra: dict | None) -> dict:
     return merged
 
 
-class UNetPatcher:
+class UNetPatcher(WrapperMethods):
     """ComfyUI ``ModelPatcher`` subset over a :class:`DiffusionModel`."""
 
     def __init__(self, model: DiffusionModel, load_device: torch.device | str = "cpu",
@@ -97,6 +98,7 @@ class UNetPatcher:
         self.patches: dict[str, list[tuple]] = {}
         self.patches_uuid = uuid.uuid4()
         self.model_options: dict[str, Any] = {"transformer_options": {}}
+        self.wrappers: Wrappers = {}  # ComfyUI's ModelPatcher.wrappers: {type: {key: [fn, ...]}}
         self._cache_uuid: uuid.UUID | None = None
         self._cache: dict[str, torch.Tensor] = {}
         self._slots: list[tuple[dict, str]] = []  # where each patched weight goes in the shared module
@@ -128,6 +130,7 @@ class UNetPatcher:
         n.patches = {k: list(v) for k, v in self.patches.items()}
         n.patches_uuid = self.patches_uuid
         n.model_options = copy.deepcopy(self.model_options)
+        n.wrappers = copy_wrappers(self.wrappers)
         return n
 
     def is_clone(self, other: Any) -> bool:
@@ -272,8 +275,10 @@ class UNetPatcher:
         if self._slots_uuid != self._cache_uuid:
             self._slots = _parameter_slots(self.diffusion_model, weights)
             self._slots_uuid = self._cache_uuid
+        wrappers = all_wrappers(self.wrappers, DIFFUSION_MODEL)
         with _swapped_tensors(self._slots, list(weights.values())):
-            return self.diffusion_model(x, t, c_crossattn, y=y, transformer_options=transformer_options)
+            return run_wrapped(self.diffusion_model.forward, self.diffusion_model, wrappers,
+                               x, t, c_crossattn, y=y, transformer_options=transformer_options)
 
     def apply_model(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
                     y: torch.Tensor | None = None, transformer_options: dict | None = None) -> torch.Tensor:
