@@ -263,7 +263,7 @@ PREPARED: dict[str, tuple[str, bool]] = {"fast": ("fast", True), "fast_unfused":
 def measure_prepared(build: Callable[[], nn.Module], args: argparse.Namespace, device: torch.device,
                      label: str) -> dict[str, Any]:
     """images/s of our prepared inference forward (``fast.prepare_inference``) on the benchmark batch."""
-    from unet_lab.unet_core.segmentation import conv_relu, fast
+    from unet_lab.unet_core.segmentation.speed import conv_relu, fast
 
     torch.manual_seed(0)
     model = build().eval()
@@ -306,7 +306,7 @@ def _nontrivial_norms(model: nn.Module, seed: int = 0) -> None:
 def agreement(arch: str, build: Callable[[], nn.Module], args: argparse.Namespace, device: torch.device,
               labels: list[str]) -> dict[str, Any]:
     """Max abs difference of probabilities: each prepared variant vs the eager fp32 forward."""
-    from unet_lab.unet_core.segmentation import fast
+    from unet_lab.unet_core.segmentation.speed import fast
 
     torch.manual_seed(0)
     model = build()

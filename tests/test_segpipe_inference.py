@@ -10,10 +10,10 @@ import torch
 
 from fixtures_segpipe import PointwiseNet, TextureNet, current_rss, peak_rss, peak_rss_reset, plain_meta
 from unet_lab.unet_core.errors import InputError, SegmentationError
-from unet_lab.unet_core.segmentation.inference import segment
+from unet_lab.unet_core.segmentation.inference.segment import segment
+from unet_lab.unet_core.segmentation.inference.tiling import gaussian_window, plan_tiles, run_tiled, working_bytes
 from unet_lab.unet_core.segmentation.metrics import iou_score
-from unet_lab.unet_core.segmentation.synthetic import make_synthetic
-from unet_lab.unet_core.segmentation.tiling import gaussian_window, plan_tiles, run_tiled, working_bytes
+from unet_lab.unet_core.segmentation.training.synthetic import make_synthetic
 
 
 def _sigmoid_reference(net, images):

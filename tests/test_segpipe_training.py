@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 from unet_lab.unet_core.errors import InputError, SegmentationError
-from unet_lab.unet_core.segmentation.augment import AugmentConfig
-from unet_lab.unet_core.segmentation.data import dataset_from_batches, find_pairs, load_pair_folder
 from unet_lab.unet_core.segmentation.registry import build_model
-from unet_lab.unet_core.segmentation.synthetic import make_synthetic
-from unet_lab.unet_core.segmentation.train import TrainConfig, train_segmentation
+from unet_lab.unet_core.segmentation.training.augment import AugmentConfig
+from unet_lab.unet_core.segmentation.training.data import dataset_from_batches, find_pairs, load_pair_folder
+from unet_lab.unet_core.segmentation.training.loop import TrainConfig, train_segmentation
+from unet_lab.unet_core.segmentation.training.synthetic import make_synthetic
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..compiling import is_compiling, is_out_of_memory
+from ...compiling import is_compiling, is_out_of_memory
 from .bn_folding import has_hooks
 
 log = logging.getLogger(__name__)
@@ -118,8 +118,8 @@ class FusedResidual(nn.Module):
 
 def _residual_parts(module: nn.Module) -> tuple[list[nn.Module], nn.Module | None] | None:
     """(convs, shortcut) of a folded residual block of the pack, None when it is not one (or not folded)."""
-    from .blocks import ResidualDoubleConv
-    from .resnet import BasicBlock, Bottleneck
+    from ..architectures.blocks import ResidualDoubleConv
+    from ..architectures.resnet import BasicBlock, Bottleneck
 
     layouts = {ResidualDoubleConv: (("conv1", "norm1"), ("conv2", "norm2"), "shortcut"),
                BasicBlock: (("conv1", "bn1"), ("conv2", "bn2"), "downsample"),
@@ -143,7 +143,7 @@ def fuse_conv_relu(model: nn.Module) -> int:
     BasicBlock / Bottleneck) with folded norms become :class:`FusedResidual`; the ResNet stem's
     ``conv1`` / ``relu``. Meant for a copy after :func:`fold_batch_norms`.
     """
-    from .resnet import ResNetEncoder
+    from ..architectures.resnet import ResNetEncoder
 
     count = 0
     for module in list(model.modules()):

@@ -69,8 +69,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..compiling import CompiledCall, is_out_of_memory
-from ..errors import SegmentationError
+from ...compiling import CompiledCall, is_out_of_memory
+from ...errors import SegmentationError
 from .bn_folding import fold_batch_norms
 from .conv_relu import fuse_conv_relu
 from .split_concat import split_decoder_concats

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import match_size
+from ..architectures.blocks import match_size
 from .bn_folding import has_hooks
 from .conv_relu import ConvReLU
 
@@ -128,9 +128,9 @@ def _up_channels(up: nn.Module, first: nn.Conv2d) -> int | None:
 
 def _parts(step: nn.Module) -> tuple[nn.Module | None, nn.Module, int, nn.Conv2d, nn.Sequential] | None:
     """(gate, upsample, its channels, first conv, rest) of a folded decoder step of the pack, or None."""
-    from .architectures.attention_unet import AttentionUp
-    from .architectures.unet import Up
-    from .blocks import DoubleConv
+    from ..architectures.attention_unet import AttentionUp
+    from ..architectures.blocks import DoubleConv
+    from ..architectures.unet import Up
 
     if type(step) not in (Up, AttentionUp) or type(step.conv) is not DoubleConv or has_hooks(step):
         return None
