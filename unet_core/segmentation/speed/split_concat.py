@@ -7,7 +7,7 @@ along channels and convolves the result. A convolution is linear in its input ch
 
 so the concatenated map (as large as both inputs together) is never written nor read back:
 ``t = conv(s; W_s)`` runs first, and ``relu(conv(u; W_u) + t + b)`` is one cuDNN
-conv + add + bias + ReLU kernel where that is measured faster (:class:`.conv_relu.ConvReLU`).
+conv + add + bias + ReLU kernel where :func:`.conv_relu.fused_kernel_rule` allows it (:class:`.conv_relu.ConvReLU`).
 
 With a transposed-convolution upsampler, ``u = u0 + c`` (``u0`` the transposed convolution
 without its bias ``c``), and adding ``c`` is one more pass over the step's largest map. It is

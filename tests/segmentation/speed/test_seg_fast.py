@@ -459,6 +459,7 @@ def test_conv_relu_falls_back_when_the_fused_kernel_fails_or_disagrees(monkeypat
     assert list(block.choice.values()) == [False] and "disagrees" in caplog.text
 
 
+@pytest.mark.slow
 def test_real_torch_compile_runs_or_falls_back_cleanly(caplog):
     # the real torch.compile on a tiny model (needs a C++ compiler on CPU); either way the output is right
     model = _bn_model("unet", dict(base_channels=2, depth=1, out_channels=1), dtype=torch.float32)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
@@ -266,13 +265,11 @@ def test_huge_request_refused_up_front_when_outputs_cannot_fit():
     # a 20000 x 20000 IMAGE that costs nothing: one pixel broadcast (stride 0)
     huge = torch.full((1, 1, 1, 3), 0.5).expand(1, 20000, 20000, 3)
     before = current_rss()
-    start = time.monotonic()
     with pytest.raises(InputError, match=r"20000 x 20000 px needs about .* only 2\.00 GiB") as caught:
         segment(PointwiseNet(), plain_meta(), huge, tile_size=1024, free_memory=2 << 30)
     needed = float(str(caught.value).split("needs about ")[1].split(" GiB")[0])
     assert needed >= 2 * 20000 * 20000 * 4 / 2**30  # at least the two float32 output planes
     assert current_rss() - before < 200 << 20  # nothing big was allocated
-    assert time.monotonic() - start < 30
 
 
 def _strip_run(height: int, width: int, tile: int) -> tuple[int | None, int, int]:
@@ -305,6 +302,7 @@ def _strip_run(height: int, width: int, tile: int) -> tuple[int | None, int, int
     return grown, sum(n for _, n in rows_seen), foreground[0]
 
 
+@pytest.mark.slow
 def test_20000_square_request_runs_in_bounded_memory():
     """The strip processor over a whole, lazily generated 20000 x 20000 image on the CPU.
 
