@@ -16,7 +16,7 @@ from ..unet_core.errors import HostError
 from ..unet_core.segmentation.checkpoint import SegmentationMeta, load_segmentation
 from ..unet_core.segmentation.inference.device_io import SEGMENT_SPEEDS
 from ..unet_core.segmentation.inference.outputs import compare_masks, overlay
-from ..unet_core.segmentation.inference.segment import segment
+from ..unet_core.segmentation.inference.segment import SegmentOptions, segment
 from ..unet_core.segmentation.inference.tiling import BLENDS
 from ..unet_core.segmentation.model import SegUNet
 from ..unet_core.segmentation.registry import ARCHITECTURES, build_model
@@ -155,11 +155,12 @@ class UNetLabSegmentImage:
         original = next((p.device for p in model.parameters()), torch.device("cpu"))
         model.to(device)
         try:
-            result = segment(model, seg.meta, image, tile_size=int(tile_size), overlap=float(overlap), blend=blend,
-                             tta_flips=bool(flip_tta), threshold=None if threshold < 0 else float(threshold),
-                             class_mode=class_mode, device=device, progress=progress_callback(1, unique_id),
-                             free_memory=host.free_memory(torch.device("cpu")), extra_output_bytes=overlay_bytes,
-                             release_memory=host.release_memory, speed=speed)
+            options = SegmentOptions(
+                tile_size=int(tile_size), overlap=float(overlap), blend=blend, tta_flips=bool(flip_tta),
+                threshold=None if threshold < 0 else float(threshold), class_mode=class_mode, device=device,
+                progress=progress_callback(1, unique_id), free_memory=host.free_memory(torch.device("cpu")),
+                extra_output_bytes=overlay_bytes, release_memory=host.release_memory, speed=speed)
+            result = segment(model, seg.meta, image, options)
         finally:
             model.to(original)
             host.release_memory()
