@@ -13,10 +13,12 @@ Defaults: 3x512x512, batch 16, bf16 autocast, channels_last, cudnn.benchmark, wi
 
 Our fast inference path (``unet_core/segmentation/fast.py``) is timed in the same run as two
 more forward variants: ``ours_fast`` (BatchNorm folded, bf16 weights + autocast, channels_last,
-eager, conv + bias (+ residual) + ReLU as one cuDNN kernel where measured faster; on CUDA also
-``ours_fast_unfused`` without those kernels, unless ``--no-fuse-relu``) and ``ours_compiled`` (the folded bf16 channels_last copy, without the cuDNN kernels, under
-``torch.compile`` with ``--compile-mode``; skipped
-in ``--quick`` and with ``--skip-compiled``). Each of ours / ours_fast / ours_compiled is set
+eager, conv + bias (+ residual) + ReLU as one cuDNN kernel where ``conv_relu.fused_kernel_rule``
+allows; on CUDA also ``ours_fast_unfused`` without those kernels, unless ``--no-fuse-relu``),
+``ours_fast_nosplit`` (``ours_fast`` with the decoder steps' concatenation kept, i.e.
+``split_concat=False``: what :mod:`split_concat` adds; skipped with ``--no-split-variant``) and
+``ours_compiled`` (the folded bf16 channels_last copy, without the cuDNN kernels, under
+``torch.compile`` with ``--compile-mode``; skipped in ``--quick`` and with ``--skip-compiled``). Each of ours / ours_fast / ours_compiled is set
 against the architecture's target reference (``TARGETS``: U-Net vs the plain eager U-Net 1.5x,
 Attention U-Net vs MONAI AttentionUnet 1.5x, smp Unet vs smp's eager Unet 1.2x, UNet++ vs
 MONAI BasicUNetPlusPlus 1.2x); the JSON holds ratios, the target and pass/fail per variant.
@@ -254,22 +256,23 @@ TARGETS: dict[str, tuple[str, str, float]] = {
     "smp_unet": ("reference", "smp Unet eager", 1.2),
     "unet_plus_plus": ("monai", "MONAI BasicUNetPlusPlus eager", 1.2),
 }
-VARIANTS = ("ours", "ours_fast", "ours_fast_unfused", "ours_compiled")
-# variant label -> (prepare_inference speed, fuse_relu)
-PREPARED: dict[str, tuple[str, bool]] = {"fast": ("fast", True), "fast_unfused": ("fast", False),
-                                         "compiled": ("compiled", False)}
+VARIANTS = ("ours", "ours_fast", "ours_fast_unfused", "ours_fast_nosplit", "ours_compiled")
+# variant label -> (prepare_inference speed, fuse_relu, split_concat)
+PREPARED: dict[str, tuple[str, bool, bool]] = {"fast": ("fast", True, True), "fast_unfused": ("fast", False, True),
+                                               "fast_nosplit": ("fast", True, False),
+                                               "compiled": ("compiled", False, True)}
 
 
 def measure_prepared(build: Callable[[], nn.Module], args: argparse.Namespace, device: torch.device,
                      label: str) -> dict[str, Any]:
     """images/s of our prepared inference forward (``fast.prepare_inference``) on the benchmark batch."""
-    from unet_lab.unet_core.segmentation import conv_relu, fast
+    from unet_lab.unet_core.segmentation.speed import conv_relu, fast
 
     torch.manual_seed(0)
     model = build().eval()
     x = torch.rand(args.batch, 3, args.size, args.size, device=device).to(memory_format=torch.channels_last)
-    speed, fuse = PREPARED[label]
-    forward = fast.prepare_inference(model, device, speed, args.compile_mode, fuse_relu=fuse)
+    speed, fuse, split = PREPARED[label]
+    forward = fast.prepare_inference(model, device, speed, args.compile_mode, fuse_relu=fuse, split_concat=split)
     t0 = time.perf_counter()
     forward(x)  # the first call compiles (or falls back)
     _sync(device)
@@ -279,6 +282,7 @@ def measure_prepared(build: Callable[[], nn.Module], args: argparse.Namespace, d
               "speed_run": forward.speed, "weights_dtype": str(forward.dtype).replace("torch.", ""),
               "autocast": str(forward.autocast).replace("torch.", "") if forward.autocast else None,
               "channels_last": forward.channels_last, "conv_relu_fused": forward.fused_layers,
+              "split_steps": forward.split_steps,
               "conv_relu_fused_kernel_chosen": sum(sum(m.choice.values()) for m in forward.module.modules()
                                                    if isinstance(m, conv_relu.ConvReLU)),
               "compile_mode": args.compile_mode if speed == "compiled" else None}
@@ -306,7 +310,7 @@ def _nontrivial_norms(model: nn.Module, seed: int = 0) -> None:
 def agreement(arch: str, build: Callable[[], nn.Module], args: argparse.Namespace, device: torch.device,
               labels: list[str]) -> dict[str, Any]:
     """Max abs difference of probabilities: each prepared variant vs the eager fp32 forward."""
-    from unet_lab.unet_core.segmentation import fast
+    from unet_lab.unet_core.segmentation.speed import fast
 
     torch.manual_seed(0)
     model = build()
@@ -322,8 +326,9 @@ def agreement(arch: str, build: Callable[[], nn.Module], args: argparse.Namespac
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     out: dict[str, Any] = {"tolerance": fast.BF16_PROB_TOLERANCE, "batch": int(x.shape[0])}
     for label in labels:
-        speed, fuse = PREPARED[label]
-        forward = fast.prepare_inference(model, device, speed, args.compile_mode, fuse_relu=fuse)
+        speed, fuse, split = PREPARED[label]
+        forward = fast.prepare_inference(model, device, speed, args.compile_mode, fuse_relu=fuse,
+                                         split_concat=split)
         probs = torch.sigmoid(forward(x))
         diff = float((probs - exact).abs().max())
         clear = (exact - 0.5).abs() > fast.BF16_PROB_TOLERANCE
@@ -371,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-compiled", action="store_true", help="do not time the ours_compiled variant")
     ap.add_argument("--no-fuse-relu", action="store_true",
                     help="skip ours_fast_unfused (on CUDA: ours_fast without the cuDNN conv + ReLU kernels)")
+    ap.add_argument("--no-split-variant", action="store_true",
+                    help="skip ours_fast_nosplit (ours_fast with the decoder concatenations kept)")
     ap.add_argument("--agree", action="store_true",
                     help="check the fast/compiled variants against the eager fp32 forward (max |dp| in the JSON)")
     args = ap.parse_args(argv)
@@ -421,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("%-20s monai BasicUNetPlusPlus: fwd %.1f img/s, train %.1f img/s", arch,
                      row["monai"]["forward_img_s"], row["monai"]["train_img_s"])
         speeds = (["fast"] + (["fast_unfused"] if device.type == "cuda" and not args.no_fuse_relu else [])
+                  + ([] if args.no_split_variant else ["fast_nosplit"])
                   + ([] if args.skip_compiled else ["compiled"]))
         for speed in speeds:
             row[f"ours_{speed}"] = measure_prepared(ours[arch], args, device, speed)

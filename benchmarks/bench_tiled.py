@@ -93,7 +93,7 @@ def build_unet(base: int, depth: int, image: torch.Tensor, device: torch.device,
 def model_only_seconds(model: nn.Module, speed: str, device: torch.device, plan: Any, tile_batch: int,
                        classes: int) -> float:
     """The model calls of one segment() run (same count and shapes), on random device input, timed alone."""
-    from unet_lab.unet_core.segmentation.inference import make_predictor
+    from unet_lab.unet_core.segmentation.inference.predictor import make_predictor
 
     predict = make_predictor(model, device, classes, False, speed=speed)
     nx = len(plan.xs)
@@ -113,14 +113,14 @@ def _speed_ran(model: nn.Module, device: torch.device, speed: str) -> str:
     """What actually ran: 'compiled' falls back to 'fast' when torch.compile fails (see fast.py)."""
     if speed == "exact":
         return speed
-    from unet_lab.unet_core.segmentation.fast import prepare_inference
+    from unet_lab.unet_core.segmentation.speed.fast import prepare_inference
 
     return prepare_inference(model, device, speed).speed  # the cached forward segment() used
 
 
 def run_speed(args: argparse.Namespace, model: nn.Module, meta: Any, image: torch.Tensor, speed: str,
               device: torch.device) -> tuple[dict[str, Any], Any]:
-    from unet_lab.unet_core.segmentation.inference import segment
+    from unet_lab.unet_core.segmentation.inference.segment import segment
 
     def once(img: torch.Tensor) -> Any:
         return segment(model, meta, img, tile_size=args.tile, overlap=args.overlap, blend="gaussian",
@@ -156,7 +156,7 @@ def run_speed(args: argparse.Namespace, model: nn.Module, meta: Any, image: torc
     else:
         row["pass_time"] = row["pass_memory"] = row["pass"] = None
     if not args.no_split:
-        from unet_lab.unet_core.segmentation.tiling import plan_tiles
+        from unet_lab.unet_core.segmentation.inference.tiling import plan_tiles
 
         plan = plan_tiles(image.shape[1], image.shape[2], result.tile_size, args.overlap,
                           int(getattr(model, "size_divisor", 1)))

@@ -155,7 +155,7 @@ def test_save_prefixes_cannot_leave_the_folder(layout):
     from unet_lab.nodes.segmentation import UNetLabSaveSegmentationUNet
     from unet_lab.unet_core.errors import UNetLabError
     from unet_lab.unet_core.segmentation.checkpoint import SegmentationMeta
-    from unet_lab.unet_core.segmentation.inference import SegUNet
+    from unet_lab.unet_core.segmentation.model import SegUNet
 
     host, base, tmp_path = layout
     model, _ = load_unet_node("sub/inside.safetensors")
@@ -196,7 +196,7 @@ def test_save_segmentation_through_a_linked_subfolder(layout):
     from unet_lab.nodes.segmentation import UNetLabSaveSegmentationUNet
     from unet_lab.unet_core.errors import UNetLabError
     from unet_lab.unet_core.segmentation.checkpoint import SegmentationMeta
-    from unet_lab.unet_core.segmentation.inference import SegUNet
+    from unet_lab.unet_core.segmentation.model import SegUNet
 
     host, base, tmp_path = layout
     os.symlink(tmp_path / "elsewhere", base / "models" / "unet_segmentation" / "seg_dir_out")

@@ -146,7 +146,7 @@ def test_save_segmentation_node_numbers(tmp_path):
     from unet_lab.nodes.host import use_host
     from unet_lab.nodes.segmentation import UNetLabSaveSegmentationUNet
     from unet_lab.unet_core.segmentation.checkpoint import SegmentationMeta
-    from unet_lab.unet_core.segmentation.inference import SegUNet
+    from unet_lab.unet_core.segmentation.model import SegUNet
 
     host = make_host(tmp_path)
     folder = tmp_path / "models" / "unet_segmentation" / "lab"

@@ -20,7 +20,6 @@ import os
 import tempfile
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,75 +27,23 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ..checkpoints.fit import fit_problems
 from ..errors import SegmentationError
+from .adapters.registry import registered_adapters
 from .architectures.base import SegmentationUNet
+from .meta import (  # noqa: F401 - the meta names are part of this module's interface
+    SegmentationMeta,
+    default_class_names,
+    imagenet_normalization,
+    plain_normalization,
+)
 from .registry import build_model
+from .weights import load_weights_into
 
 log = logging.getLogger(__name__)
 
 FORMAT_KEY = "unet_lab.format"
 FORMAT_VALUE = "segmentation"
 FORMAT_VERSION = "1"
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-
-
-def plain_normalization(channels: int = 3) -> dict[str, Any]:
-    """Images 0..1 fed as they are (milesial and our own models by default)."""
-    return {"scale": "0..1", "mean": [0.0] * channels, "std": [1.0] * channels}
-
-
-def imagenet_normalization() -> dict[str, Any]:
-    """Images 0..1 normalised with ImageNet mean/std (smp encoders)."""
-    return {"scale": "0..1", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-
-
-@dataclass
-class SegmentationMeta:
-    """What a segmentation checkpoint says about its model besides the weights.
-
-    ``normalization``: ``{"scale": "0..1", "mean": [...], "std": [...]}``: the model takes
-    ``(image - mean) / std`` where ``image`` is the ComfyUI IMAGE range 0..1 (pixel / 255).
-    ``class_names``: one per output channel (a single ``foreground`` for a binary model with
-    one logit channel). ``threshold``: the sigmoid probability that counts as foreground for
-    one-channel models. ``class_values``: the mask value of each class (milesial's
-    ``mask_values``), None if unknown. ``source``: where the weights came from
-    (``unet_lab``, ``milesial``, ``smp``).
-    """
-
-    architecture: str
-    hparams: dict[str, Any]
-    normalization: dict[str, Any] = field(default_factory=plain_normalization)
-    class_names: list[str] = field(default_factory=list)
-    threshold: float = 0.5
-    source: str = "unet_lab"
-    class_values: list | None = None
-
-    @classmethod
-    def for_model(cls, model: SegmentationUNet, **fields: Any) -> SegmentationMeta:
-        """Meta matching ``model``'s config, with default class names and normalisation."""
-        meta = cls(architecture=model.config["architecture"], hparams=model.hparams(), **fields)
-        if "normalization" not in fields:
-            meta.normalization = plain_normalization(model.in_channels)
-        if not meta.class_names:
-            meta.class_names = default_class_names(model.out_channels)
-        return meta
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """``(images - mean) / std`` for images [B, C, H, W] in 0..1."""
-        mean = torch.as_tensor(self.normalization.get("mean", 0.0), dtype=images.dtype, device=images.device)
-        std = torch.as_tensor(self.normalization.get("std", 1.0), dtype=images.dtype, device=images.device)
-        if mean.ndim == 1:
-            mean, std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
-        return (images - mean) / std
-
-
-def default_class_names(out_channels: int) -> list[str]:
-    """``["foreground"]`` for one logit channel, ``background, class_1, ...`` otherwise."""
-    if out_channels == 1:
-        return ["foreground"]
-    return ["background"] + [f"class_{i}" for i in range(1, out_channels)]
 
 
 # ---------------------------------------------------------------- writing
@@ -154,15 +101,6 @@ def _describe(state: Mapping[str, Any], limit: int = 4) -> str:
     prefixes = sorted({k.split(".")[0] for k in keys})
     shown = ", ".join(prefixes[:limit]) + (", ..." if len(prefixes) > limit else "")
     return f"a state dict of {len(keys)} entries with top-level names {shown}"
-
-
-def load_weights_into(model: SegmentationUNet, state: Mapping[str, torch.Tensor], where: Path | str) -> None:
-    """``model.load_state_dict(state, strict=True)`` with a SegmentationError naming the file."""
-    problems = fit_problems(model, state)
-    if problems:
-        raise SegmentationError(f"{where}: weights do not fit the {model.config['architecture']} "
-                                f"model: " + "; ".join(problems))
-    model.load_state_dict(dict(state), strict=True)
 
 
 def _read_json(metadata: Mapping[str, str], key: str, where: Path, default: Any = None) -> Any:
@@ -243,29 +181,27 @@ def _unwrap(obj: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _from_state_dict(path: Path, tensors: dict[str, torch.Tensor], extras: dict[str, Any],
                      device: str) -> tuple[SegmentationUNet, SegmentationMeta]:
-    from .adapters import milesial
-
-    if milesial.looks_like_milesial(tensors):
-        hparams = milesial.milesial_hparams(tensors, str(path))
-        model = build_model("unet", **hparams)
-        load_weights_into(model, tensors, path)
-        values = milesial.class_values_from(extras.get("mask_values"), hparams["out_channels"], str(path))
-        meta = SegmentationMeta.for_model(model, source="milesial", class_values=values)
-        if values is not None and model.out_channels > 1 and len(values) == model.out_channels:
-            meta.class_names = [f"value_{v}" for v in values]
-        return model.to(device).eval(), meta
-    from .adapters import smp
-
-    kind = smp.sniff_smp_state_dict(tensors)
-    if kind is not None:
-        model = smp.build_from_state_dict(tensors, kind, str(path))
-        load_weights_into(model, tensors, path)
-        meta = SegmentationMeta.for_model(model, source="smp", normalization=imagenet_normalization())
-        return model.to(device).eval(), meta
+    adapters = registered_adapters()
+    for adapter in adapters:
+        if adapter.read_state_dict is not None:
+            found = adapter.read_state_dict(tensors, extras, str(path))
+            if found is not None:
+                model, meta = found
+                return model.to(device).eval(), meta
+    expected = ", ".join(a.expects for a in adapters)
     raise SegmentationError(
         f"{path}: not a segmentation checkpoint UNet Lab can read: it is {_describe(tensors or extras)}; "
-        "expected a UNet Lab segmentation safetensors file, a milesial Pytorch-UNet state dict "
-        "(inc.double_conv..., outc.conv...) or an smp Unet/UnetPlusPlus (encoder.*, decoder.blocks.*)")
+        f"expected a UNet Lab segmentation safetensors file, {expected}")
+
+
+def _from_folder(path: Path, device: str) -> tuple[SegmentationUNet, SegmentationMeta]:
+    for adapter in registered_adapters():
+        if adapter.read_folder is not None:
+            found = adapter.read_folder(path)
+            if found is not None:
+                model, meta = found
+                return model.to(device).eval(), meta
+    raise SegmentationError(f"{path}: a folder no checkpoint adapter reads")
 
 
 def _magic(path: Path) -> bytes:
@@ -279,10 +215,7 @@ def load_segmentation(path: str | Path, device: str | torch.device = "cpu") -> t
     if not path.exists():
         raise SegmentationError(f"{path}: no such file or folder")
     if path.is_dir():
-        from .adapters import smp
-
-        model, meta_fields = smp.load_pretrained_folder(path)
-        return model.to(device).eval(), meta_fields
+        return _from_folder(path, str(device))
     head = _magic(path)
     if len(head) < 8:
         raise SegmentationError(f"{path}: file is empty or truncated ({len(head)} bytes)")

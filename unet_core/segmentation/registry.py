@@ -29,8 +29,8 @@ _CLASSES: dict[str, tuple[str, str]] = {
     "unet_plus_plus": (".architectures.unet_plus_plus", "UNetPlusPlus"),
     "attention_unet": (".architectures.attention_unet", "AttentionUNet"),
     "residual_unet": (".architectures.residual_unet", "ResidualUNet"),
-    "smp_unet": (".adapters.smp", "SmpUnet"),
-    "smp_unet_plus_plus": (".adapters.smp", "SmpUnetPlusPlus"),
+    "smp_unet": (".architectures.smp", "SmpUnet"),
+    "smp_unet_plus_plus": (".architectures.smp", "SmpUnetPlusPlus"),
 }
 
 

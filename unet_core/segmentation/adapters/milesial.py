@@ -18,6 +18,11 @@ from typing import Any
 import torch
 
 from ...errors import SegmentationError
+from ..architectures.base import SegmentationUNet
+from ..meta import SegmentationMeta
+from ..registry import build_model
+from ..weights import load_weights_into
+from .registry import CheckpointAdapter, register_adapter
 
 log = logging.getLogger(__name__)
 
@@ -66,3 +71,22 @@ def class_values_from(mask_values: Any, out_channels: int, where: str = "") -> l
     if len(values) != expected:
         log.warning("%s: mask_values has %d entries for a %d-class model", where, len(values), out_channels)
     return values
+
+
+def read_state_dict(tensors: dict[str, torch.Tensor], extras: dict[str, Any],
+                    where: str) -> tuple[SegmentationUNet, SegmentationMeta] | None:
+    """A U-Net with these weights and its meta (class values from ``mask_values``); None when not milesial's."""
+    if not looks_like_milesial(tensors):
+        return None
+    hparams = milesial_hparams(tensors, where)
+    model = build_model("unet", **hparams)
+    load_weights_into(model, tensors, where)
+    values = class_values_from(extras.get("mask_values"), hparams["out_channels"], where)
+    meta = SegmentationMeta.for_model(model, source="milesial", class_values=values)
+    if values is not None and model.out_channels > 1 and len(values) == model.out_channels:
+        meta.class_names = [f"value_{v}" for v in values]
+    return model, meta
+
+
+ADAPTER = register_adapter(CheckpointAdapter(
+    "milesial", "a milesial Pytorch-UNet state dict (inc.double_conv..., outc.conv...)", read_state_dict=read_state_dict))

@@ -1,4 +1,4 @@
-"""Segmentation architectures: U-Net, UNet++, Attention U-Net, Residual U-Net."""
+"""Segmentation architectures: U-Net, UNet++, Attention U-Net, Residual U-Net, smp-layout models; shared blocks."""
 
 from .base import SegmentationUNet
 

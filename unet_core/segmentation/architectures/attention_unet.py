@@ -20,8 +20,8 @@ from torch import nn
 
 from ...errors import SegmentationError
 from ...gates.additive import AdditiveAttentionGate
-from ..blocks import DoubleConv, match_size
 from .base import COMMON_DEFAULTS, SegmentationUNet
+from .blocks import DoubleConv, match_size
 from .unet import Down, OutConv, UNet
 from .unet_plus_plus import _upsampler
 
@@ -72,7 +72,7 @@ class AttentionUNet(SegmentationUNet):
 
     def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The gate maps alpha of every skip (finest first), each cropped to the input size."""
-        from ..blocks import crop_to, pad_to_multiple
+        from .blocks import crop_to, pad_to_multiple
 
         self._check_input(x)
         xp, size = pad_to_multiple(x, self.size_divisor, self.config.get("pad_mode", "reflect"))

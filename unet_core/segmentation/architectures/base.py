@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ...errors import SegmentationError
-from ..blocks import NORMS, PAD_MODES, crop_to, pad_to_multiple
+from .blocks import NORMS, PAD_MODES, crop_to, pad_to_multiple
 
 UPSAMPLINGS = ("transpose", "bilinear")
 

@@ -7,7 +7,7 @@ ResUNet-style models; pooling, upsampling and skip concatenation are unchanged.
 
 from __future__ import annotations
 
-from ..blocks import ResidualDoubleConv
+from .blocks import ResidualDoubleConv
 from .unet import UNet
 
 

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..blocks import DoubleConv, match_size
 from .base import COMMON_DEFAULTS, SegmentationUNet
+from .blocks import DoubleConv, match_size
 
 
 class Down(nn.Module):

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from ...errors import SegmentationError
-from ..blocks import DoubleConv, match_size
 from .base import COMMON_DEFAULTS, SegmentationUNet
+from .blocks import DoubleConv, match_size
 
 
 def _upsampler(cin: int, cout: int, mode: str) -> nn.Module:

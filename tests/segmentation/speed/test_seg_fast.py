@@ -18,10 +18,10 @@ from torch import nn
 
 from fixtures_segmodels import make_state_dict, randomize_batchnorm_stats, smp_unet_resnet34_shapes
 from unet_lab.unet_core.errors import InputError, SegmentationError
-from unet_lab.unet_core.segmentation import bn_folding, conv_relu, fast
 from unet_lab.unet_core.segmentation.checkpoint import load_segmentation
-from unet_lab.unet_core.segmentation.inference import make_predictor
+from unet_lab.unet_core.segmentation.inference.predictor import make_predictor
 from unet_lab.unet_core.segmentation.registry import ALL_ARCHITECTURES, build_model
+from unet_lab.unet_core.segmentation.speed import bn_folding, conv_relu, fast
 
 # BatchNorm everywhere (the default norm), small widths; variants add the other code paths.
 CASES: dict[str, tuple[str, dict]] = {
@@ -387,8 +387,8 @@ def _cudnn_conv_add_relu_reference(x, weight, z, alpha, bias, stride, padding, d
 
 def _expected_fusions(model: nn.Module) -> int:
     """Conv + ReLU sites of the unfolded model, counted from its structure and the blocks' known forwards."""
-    from unet_lab.unet_core.segmentation.blocks import ResidualDoubleConv
-    from unet_lab.unet_core.segmentation.resnet import BasicBlock, Bottleneck, ResNetEncoder
+    from unet_lab.unet_core.segmentation.architectures.blocks import ResidualDoubleConv
+    from unet_lab.unet_core.segmentation.architectures.resnet import BasicBlock, Bottleneck, ResNetEncoder
 
     count = 0
     for m in model.modules():
@@ -459,6 +459,7 @@ def test_conv_relu_falls_back_when_the_fused_kernel_fails_or_disagrees(monkeypat
     assert list(block.choice.values()) == [False] and "disagrees" in caplog.text
 
 
+@pytest.mark.slow
 def test_real_torch_compile_runs_or_falls_back_cleanly(caplog):
     # the real torch.compile on a tiny model (needs a C++ compiler on CPU); either way the output is right
     model = _bn_model("unet", dict(base_channels=2, depth=1, out_channels=1), dtype=torch.float32)

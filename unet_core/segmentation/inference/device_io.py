@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..compiling import is_out_of_memory
-from ..errors import InputError
+from ...compiling import is_out_of_memory
+from ...errors import InputError
 from .tiling import TilePlan, choose_tile_batch
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..progress import ProgressCallback, no_progress
+from ...progress import ProgressCallback, no_progress
 
 GAUSSIAN_SIGMA_SCALE = 0.125
 BLENDS = ("gaussian", "constant")

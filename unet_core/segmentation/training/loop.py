@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import InputError, SegmentationError
-from ..progress import ProgressCallback, no_progress
+from ...errors import InputError, SegmentationError
+from ...progress import ProgressCallback, no_progress
+from ..model import model_channels
 from .augment import AugmentConfig, augment_batch
 from .data import SegmentationDataset
-from .inference import model_channels
 from .losses import LOSSES, border_weights, segmentation_loss
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from unet_lab.nodes.segmentation import (
 )
 from unet_lab.unet_core.errors import InputError
 from unet_lab.unet_core.segmentation.checkpoint import load_segmentation
-from unet_lab.unet_core.segmentation.inference import SegUNet
+from unet_lab.unet_core.segmentation.model import SegUNet
 
 WORKFLOW = REPO_ROOT / "workflows" / "unet_lab_segmentation_training.json"
 

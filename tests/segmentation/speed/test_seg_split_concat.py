@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fixtures_segmodels import randomize_batchnorm_stats
-from unet_lab.unet_core.segmentation import bn_folding, conv_relu, fast, split_concat
 from unet_lab.unet_core.segmentation.registry import build_model
+from unet_lab.unet_core.segmentation.speed import bn_folding, conv_relu, fast, split_concat
 
 SPLIT_CASES = {
     "unet": ("unet", dict(base_channels=4, depth=3, out_channels=2)),

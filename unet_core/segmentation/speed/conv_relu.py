@@ -1,4 +1,4 @@
-"""Convolution + bias (+ residual add) + ReLU as one cuDNN kernel, kept only where it agrees and is faster.
+"""Convolution + bias (+ residual add) + ReLU as one cuDNN kernel, chosen by rule.
 
 Used by the ``"fast"`` inference path on CUDA (:mod:`.fast`), after BatchNorm folding
 (:mod:`.bn_folding`) has turned every conv + norm into a conv with bias.
@@ -7,30 +7,59 @@ Used by the ``"fast"`` inference path on CUDA (:mod:`.fast`), after BatchNorm fo
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from ..compiling import is_compiling, is_out_of_memory
+from ...compiling import is_compiling, is_out_of_memory
 from .bn_folding import has_hooks
 
 log = logging.getLogger(__name__)
 
 
+# cuDNN's runtime-fusion engines for conv + bias (+ add) + ReLU: half-precision tensor-core
+# kernels on channels_last data, from compute capability 8.0, for small dense kernels whose
+# channel counts are multiples of 8; other shapes (a 7x7 stem, 3-channel input) get slower
+# generic engines, so they stay on the unfused path.
+FUSED_DTYPES = (torch.float16, torch.bfloat16)
+FUSED_KERNELS = ((1, 1), (3, 3))
+FUSED_CHANNEL_MULTIPLE = 8
+FUSED_MIN_CAPABILITY = (8, 0)
+AGREEMENT_RTOL = 2e-2  # of the output's largest magnitude: bf16 rounding of two summation orders
+
+
+def fused_kernel_rule(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether the fused cuDNN kernel is used for ``conv`` on ``x``: a rule of shape, dtype and device.
+
+    True when ``x`` is a CUDA tensor of compute capability >= ``FUSED_MIN_CAPABILITY``, in a
+    ``FUSED_DTYPES`` dtype, channels_last, and ``conv`` is a dense (groups 1, dilation 1)
+    ``FUSED_KERNELS`` convolution with zero padding whose input and output channels are
+    multiples of ``FUSED_CHANNEL_MULTIPLE``. The same model, input shape, dtype and GPU kind give
+    the same choice on every run (no timing).
+    """
+    if not x.is_cuda or x.dtype not in FUSED_DTYPES or x.ndim != 4:
+        return False
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        return False
+    if torch.cuda.get_device_capability(x.device) < FUSED_MIN_CAPABILITY:
+        return False
+    return (tuple(conv.kernel_size) in FUSED_KERNELS and conv.groups == 1 and tuple(conv.dilation) == (1, 1)
+            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+            and conv.in_channels % FUSED_CHANNEL_MULTIPLE == 0 and conv.out_channels % FUSED_CHANNEL_MULTIPLE == 0)
+
+
 class ConvReLU(nn.Module):
-    """A (folded) Conv2d followed by ReLU, ``relu(conv(x) [+ z])``, as one cuDNN kernel where measured faster.
+    """A (folded) Conv2d followed by ReLU, ``relu(conv(x) [+ z])``, as one cuDNN kernel where the rule allows.
 
     Eager PyTorch runs conv, then the bias add, (the residual add,) then the ReLU: extra passes
     over the output. ``torch.cudnn_convolution_relu`` / ``cudnn_convolution_add_relu`` do it in
-    one (cuDNN runtime fusion, channels_last fp16/bf16). That is not always faster (some shapes,
-    e.g. 7x7 kernels, hit slow engines), so the first call per input shape and dtype checks that
-    both ways agree and times them (a few runs each); the fused kernel is kept only when it
-    agrees and wins. Off CUDA, or when the fused call raises, it is ``relu(conv(x) [+ z])``.
-    Not for ``torch.compile`` (inductor fuses by itself).
+    one (cuDNN runtime fusion). :meth:`fusable` (:func:`fused_kernel_rule`) says where it may run;
+    the first call per input shape and dtype then checks that the fused kernel exists for that
+    shape (a cuDNN build may lack an engine: it raises) and agrees with conv then ReLU, and
+    records the answer in ``choice``; both checks give the same answer on every run of the same
+    build and input shape. Elsewhere it is ``relu(conv(x) [+ z])``. Not for ``torch.compile``
+    (inductor fuses by itself).
     """
-
-    TRIALS = 3
 
     def __init__(self, conv: nn.Conv2d, fused: bool = True) -> None:
         super().__init__()
@@ -51,6 +80,7 @@ class ConvReLU(nn.Module):
         return (y if z is None else y + z).relu_()
 
     def _pick(self, x: torch.Tensor, z: torch.Tensor | None) -> bool:
+        """Whether the fused kernel runs for this input: it exists for the shape and agrees with the plain path."""
         try:
             fused = self._fused(x, z)
         except Exception as exc:  # noqa: BLE001 - no engine for this shape: the plain path
@@ -60,28 +90,15 @@ class ConvReLU(nn.Module):
             return False
         plain = self._plain(x, z)
         scale = float(plain.float().abs().max()) or 1.0
-        if not torch.isfinite(fused).all() or float((fused.float() - plain.float()).abs().max()) > 2e-2 * scale:
+        if (not torch.isfinite(fused).all()
+                or float((fused.float() - plain.float()).abs().max()) > AGREEMENT_RTOL * scale):
             log.warning("cuDNN fused conv + relu disagrees with conv + relu for %s; not used", tuple(x.shape))
             return False
-        del fused, plain
-
-        def timed(fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]) -> float:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            fn(x, z)
-            start.record()
-            for _ in range(self.TRIALS):
-                fn(x, z)
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end)
-
-        return timed(self._fused) < 0.97 * timed(self._plain)
+        return True
 
     def fusable(self, x: torch.Tensor) -> bool:
-        """Whether the fused kernel may be tried for ``x`` (CUDA, zero padding, eager)."""
-        c = self.conv
-        return (self.fused and x.is_cuda and c.padding_mode == "zeros" and not isinstance(c.padding, str)
-                and not is_compiling())
+        """Whether the fused kernel may be tried for ``x``: enabled, eager, and :func:`fused_kernel_rule`."""
+        return self.fused and not is_compiling() and fused_kernel_rule(self.conv, x)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         if self.fusable(x):
@@ -93,7 +110,6 @@ class ConvReLU(nn.Module):
             if use:
                 return self._fused(x, z)
         return self._plain(x, z)
-
 
 class FusedResidual(nn.Module):
     """A folded residual block as ``relu(conv_k(... relu(conv_1 x)) + shortcut(x))`` with :class:`ConvReLU` layers.
@@ -118,8 +134,8 @@ class FusedResidual(nn.Module):
 
 def _residual_parts(module: nn.Module) -> tuple[list[nn.Module], nn.Module | None] | None:
     """(convs, shortcut) of a folded residual block of the pack, None when it is not one (or not folded)."""
-    from .blocks import ResidualDoubleConv
-    from .resnet import BasicBlock, Bottleneck
+    from ..architectures.blocks import ResidualDoubleConv
+    from ..architectures.resnet import BasicBlock, Bottleneck
 
     layouts = {ResidualDoubleConv: (("conv1", "norm1"), ("conv2", "norm2"), "shortcut"),
                BasicBlock: (("conv1", "bn1"), ("conv2", "bn2"), "downsample"),
@@ -143,7 +159,7 @@ def fuse_conv_relu(model: nn.Module) -> int:
     BasicBlock / Bottleneck) with folded norms become :class:`FusedResidual`; the ResNet stem's
     ``conv1`` / ``relu``. Meant for a copy after :func:`fold_batch_norms`.
     """
-    from .resnet import ResNetEncoder
+    from ..architectures.resnet import ResNetEncoder
 
     count = 0
     for module in list(model.modules()):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import InputError, SegmentationError
+from ...errors import InputError, SegmentationError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MASK_MODES = ("binary", "labels")

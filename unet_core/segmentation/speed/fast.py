@@ -3,56 +3,52 @@
 Speeds (``SPEEDS``):
 
 - ``"exact"``: the model as it is, in its own dtype (fp32 for a freshly loaded model); nothing
-  is copied. Today's behaviour.
+  is copied.
 - ``"fast"``: an eval copy with every eval BatchNorm folded into the convolution before it
   (:func:`.bn_folding.fold_batch_norms`). On CUDA the copy's weights are cast to bf16 (fp16 where the GPU
   has no bf16), it runs channels_last under autocast of that dtype (so ops that autocast keeps
   in fp32, e.g. GroupNorm and softmax, still run in fp32), and each conv + ReLU site (a
   ``conv, [folded norm], ReLU`` Sequential, the residual blocks' ``relu(conv(h) + shortcut)``,
-  the ResNet stem) runs as one cuDNN conv + bias (+ add) + ReLU kernel where that agrees and is
-  measured faster at the first call per shape (:mod:`.conv_relu`). The U-Net and Attention
-  U-Net decoder steps skip their concatenation and their transposed convolution's bias pass
-  (:mod:`.split_concat`; on every device, the same math). On CPU and other devices: the folded
-  fp32 copy with those decoder steps only (CPU bf16 convolutions are slower, and channels_last
-  does not pay there).
+  the ResNet stem) runs as one cuDNN conv + bias (+ add) + ReLU kernel where
+  :func:`.conv_relu.fused_kernel_rule` allows it (a rule of shape, dtype and device capability:
+  the same choice on every run). The U-Net and Attention U-Net decoder steps skip their
+  concatenation and their transposed convolution's bias pass (:mod:`.split_concat`; on every
+  device, the same math; ``split_concat=False`` leaves them as built). On CPU and other devices:
+  the folded fp32 copy with those decoder steps only (CPU bf16 convolutions are slower, and
+  channels_last does not pay there).
 - ``"compiled"``: the folded copy in bf16 channels_last (without the cuDNN conv + ReLU kernels
-  and the split decoder steps: inductor fuses by itself, and the split measured slower under it)
-  wrapped in ``torch.compile(mode=compile_mode)``. When compiling raises (no triton, no
-  C++ compiler, an unsupported Python, a graph break that fails), at construction or at any
-  call, a warning is logged and that copy runs eagerly from then on (reported as ``"fast"``).
-  Out-of-memory errors and the pack's own errors (a refused input) are re-raised, not taken for
-  compile failures. A new input shape (the short last tile batch of a row, another tile size)
-  recompiles once (``torch.compile`` turns the changing dimension dynamic at its second size);
-  the compiled copy is cached, so that cost is paid once per model, not per run.
-
-BatchNorm folding is :mod:`.bn_folding` (why it is exact, how pairs are found); the fused
-conv + ReLU kernels are :mod:`.conv_relu`.
+  and the split decoder steps: inductor fuses and plans concatenations by itself) wrapped in
+  ``torch.compile(mode=compile_mode)``. When compiling raises (no triton, no C++ compiler, an
+  unsupported Python, a graph break that fails), at construction or at any call, a warning is
+  logged and that copy runs eagerly from then on (reported as ``"fast"``). Out-of-memory errors
+  and the pack's own errors (a refused input) are re-raised, not taken for compile failures. A
+  new input shape (the short last tile batch of a row, another tile size) recompiles once
+  (``torch.compile`` turns the changing dimension dynamic at its second size); the compiled copy
+  is cached, so that cost is paid once per model, not per run.
 
 Tolerances (what the tests and ``benchmarks/bench_segmentation.py --agree`` check):
 
-- folded vs unfolded, same dtype: float64 agrees to ~1e-12 relative; fp32 to ~1e-5 relative
-  (the folded weights are rounded once to fp32 instead of BN being applied in fp32).
-- ``"fast"`` bf16 vs ``"exact"`` fp32: probabilities (sigmoid/softmax of the logits) within about
-  2e-2 absolute (:data:`BF16_PROB_TOLERANCE`, what the tests and ``--agree`` check on 512 px
-  batches: measured max 3.3e-4 on an H100); masks at 0.5 agree except for pixels whose exact
-  probability lies within that distance of the threshold. Over the 67 M pixels of the 8192 px
-  tiled benchmark (random weights) the mean difference was 2.3e-3 and single pixels reached
-  3.3e-2 (``"compiled"``: 4.7e-2); 0.5 % of mask pixels flipped.
+- folded vs unfolded, same dtype: float64 agrees to ~1e-12 relative; fp32 to
+  :data:`FP32_FOLD_RTOL` relative (the folded weights are rounded once to fp32 instead of BN
+  being applied in fp32).
+- ``"fast"`` bf16 vs ``"exact"`` fp32: probabilities (sigmoid/softmax of the logits) within
+  :data:`BF16_PROB_TOLERANCE` absolute; masks agree except for pixels whose exact probability
+  lies within that distance of the threshold.
 
 Caching: :func:`prepare_inference` keeps the prepared forward per (source model, device, speed,
-compile mode) in a weak-keyed cache, so repeated node runs neither refold nor recompile, and the
-entry dies with the source model. At most :data:`CACHE_PER_MODEL` entries are kept per model
-(least recently used dropped first), bounding the extra memory to that many copies.
-An entry is reused only while the source model's fingerprint is unchanged: per parameter and
-buffer its name, identity, dtype, shape and autograd version counter (``_version``, bumped by
-every in-place write: optimizer steps, ``load_state_dict``, ``copy_``). Tensors made under
-``torch.inference_mode`` (every model a ComfyUI node loads) have no version counter, and
-buffers (norm statistics) become new tensors on every device move; for those the fingerprint
-adds float64 sums of their values and magnitudes (two reductions per tensor,
-one device sync), compared to 1e-9 relative so that moving the model between devices (the
-nodes move it to the GPU and back on every run) keeps the entry, while any real weight change
-drops it. Devices and storage addresses are deliberately not part of it, for the same reason.
-:func:`clear_inference_cache` drops entries (all, or one model's) to free their memory.
+compile mode, options) in a weak-keyed cache, so repeated node runs neither refold nor
+recompile, and the entry dies with the source model. At most :data:`CACHE_PER_MODEL` entries
+are kept per model (least recently used dropped first), bounding the extra memory to that many
+copies. An entry is reused only while the source model's fingerprint is unchanged: per
+parameter and buffer its name, identity, dtype, shape and autograd version counter
+(``_version``, bumped by every in-place write: optimizer steps, ``load_state_dict``, ``copy_``).
+Tensors made under ``torch.inference_mode`` (every model a ComfyUI node loads) have no version
+counter, and buffers (norm statistics) become new tensors on every device move; for those the
+fingerprint adds float64 sums of their values and magnitudes (two reductions per tensor, one
+device sync), compared to :data:`CHECKSUM_RTOL` relative so that moving the model between
+devices (the nodes move it to the GPU and back on every run) keeps the entry, while any real
+weight change drops it. Devices and storage addresses are deliberately not part of it, for the
+same reason. :func:`clear_inference_cache` drops entries (all, or one model's) to free their memory.
 """
 
 from __future__ import annotations
@@ -69,8 +65,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..compiling import CompiledCall, is_out_of_memory
-from ..errors import SegmentationError
+from ...compiling import CompiledCall, is_out_of_memory
+from ...errors import SegmentationError
 from .bn_folding import fold_batch_norms
 from .conv_relu import fuse_conv_relu
 from .split_concat import split_decoder_concats
@@ -147,12 +143,12 @@ def _exact(model: nn.Module, device: torch.device) -> InferenceForward:
 
 
 def _build(model: nn.Module, device: torch.device, speed: str, compile_mode: str,
-           fuse_relu: bool) -> InferenceForward:
+           fuse_relu: bool, split_concat: bool) -> InferenceForward:
     low = low_precision_dtype(device)
     folded = fold_batch_norms(model)
     cudnn_fusion = fuse_relu and speed == "fast" and device.type == "cuda"
-    # not for "compiled": measured slower there (inductor plans the concatenation itself)
-    splits = split_decoder_concats(folded, fused_kernels=cudnn_fusion) if speed == "fast" else 0
+    # not for "compiled": inductor plans the concatenation itself
+    splits = split_decoder_concats(folded, fused_kernels=cudnn_fusion) if speed == "fast" and split_concat else 0
     folded = folded.to(device)
     fused = (fuse_conv_relu(folded) + splits) if cudnn_fusion else 0  # each split step merges in a ConvReLU
     if low is not None:
@@ -225,12 +221,15 @@ def clear_inference_cache(model: nn.Module | None = None) -> None:
 
 
 def prepare_inference(model: nn.Module, device: torch.device | str | None = None, speed: str = "exact",
-                      compile_mode: str = "default", fuse_relu: bool = True) -> InferenceForward:
+                      compile_mode: str = "default", fuse_relu: bool = True,
+                      split_concat: bool = True) -> InferenceForward:
     """A forward ``x -> logits float32`` for ``model`` at ``speed`` on ``device`` (cached; see the module doc).
 
     ``device`` defaults to the model's. ``compile_mode`` is ``torch.compile``'s mode for
     ``"compiled"`` (``"default"``: its default). ``fuse_relu``: for ``"fast"`` on CUDA, run
-    conv + bias (+ residual) + ReLU as one cuDNN kernel where measured faster (:class:`ConvReLU`).
+    conv + bias (+ residual) + ReLU as one cuDNN kernel where the rule allows (:class:`ConvReLU`).
+    ``split_concat``: for ``"fast"``, run the decoder steps without their concatenation
+    (:mod:`.split_concat`).
     ``"exact"`` runs the model itself (not cached: there is nothing to prepare). Unknown speeds
     or compile modes raise SegmentationError.
     """
@@ -243,7 +242,7 @@ def prepare_inference(model: nn.Module, device: torch.device | str | None = None
     device = torch.device(device)
     if speed == "exact":
         return _exact(model, device)
-    key = (str(device), speed, compile_mode, bool(fuse_relu))
+    key = (str(device), speed, compile_mode, bool(fuse_relu), bool(split_concat))
     stamp = fingerprint(model)
     with _LOCK:
         entries = _CACHE.get(model)
@@ -251,7 +250,7 @@ def prepare_inference(model: nn.Module, device: torch.device | str | None = None
             entries.move_to_end(key)
             return entries[key][1]
     try:
-        prepared = _build(model, device, speed, compile_mode, fuse_relu)
+        prepared = _build(model, device, speed, compile_mode, fuse_relu, split_concat)
     except Exception as exc:  # noqa: BLE001 - e.g. a model that cannot be deep-copied
         if is_out_of_memory(exc):
             raise

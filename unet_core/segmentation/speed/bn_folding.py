@@ -40,8 +40,8 @@ def register_fold_pairs(cls: type, pairs: tuple[tuple[str, str], ...]) -> None:
 
 
 def _register_pack_blocks() -> None:
-    from .blocks import ResidualDoubleConv
-    from .resnet import BasicBlock, Bottleneck, ResNetEncoder
+    from ..architectures.blocks import ResidualDoubleConv
+    from ..architectures.resnet import BasicBlock, Bottleneck, ResNetEncoder
 
     register_fold_pairs(ResidualDoubleConv, (("conv1", "norm1"), ("conv2", "norm2")))
     register_fold_pairs(BasicBlock, (("conv1", "bn1"), ("conv2", "bn2")))

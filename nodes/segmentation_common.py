@@ -1,0 +1,44 @@
+"""What the segmentation nodes share: the model folder, the SEG_UNET type, progress, checks, saving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..unet_core.checkpoints.writer import next_free_path
+from ..unet_core.errors import InputError
+from ..unet_core.segmentation.checkpoint import save_segmentation
+from ..unet_core.segmentation.model import SegUNet
+from .host import get_host
+from .host.paths import save_target
+
+FOLDER = "unet_segmentation"
+SEG_TYPE = "SEG_UNET"
+CATEGORY = "UNet Lab/segmentation"
+
+
+def progress_callback(total: int, unique_id: Any) -> Any:
+    """A progress callback reporting to the host, that stops the run when the user interrupts it."""
+    host = get_host()
+    report = host.progress(total, None if unique_id is None else str(unique_id))
+
+    def callback(done: int, total_now: int, message: str = "") -> None:
+        host.check_interrupted()
+        report(done, total_now, message)
+
+    return callback
+
+
+def check_seg_unet(seg: Any, node: str) -> SegUNet:
+    """``seg`` when it is a SEG_UNET; InputError naming ``node`` otherwise."""
+    if not isinstance(seg, SegUNet):
+        raise InputError(f"{node}: input 'seg_unet' is {type(seg).__name__}, not a SEG_UNET from "
+                         "Load Segmentation U-Net or Train Segmentation U-Net")
+    return seg
+
+
+def save_seg_unet(seg: SegUNet, prefix: str) -> Path:
+    """Save as ``<prefix>_NNNNN_.safetensors`` in the segmentation folder (ComfyUI's numbering; never overwrites)."""
+    stem = save_target(get_host().save_directory(FOLDER), prefix, "Save Segmentation U-Net")
+    return save_segmentation(next_free_path(stem.with_name(stem.name + ".safetensors")), seg.model, seg.meta,
+                             overwrite=False)

@@ -1,0 +1,1 @@
+"""Segmentation inference: IMAGE checks, class choice, tiling, device placement, segment() with retry."""

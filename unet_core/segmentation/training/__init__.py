@@ -1,0 +1,1 @@
+"""Segmentation training: datasets, augmentation, losses, the training loop, synthetic data."""
