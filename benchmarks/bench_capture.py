@@ -2,7 +2,9 @@
 
 Cases (fp16, random weights made on the device, ``_capture_setup.py``): SD1.5 at 64x64 latents
 batch 1 (cond only) and batch 2 (cond + uncond), SD1.5 batch 2 with LoRA (rank 8 on every
-attention projection) and the skip gate active, SDXL at 128x128 batch 2. Hosts: our UNet in the
+attention projection) and the skip gate active, SDXL at 128x128 batch 2, and SDXL-Turbo's
+one-step sample at 512 px (64x64 latents, batch 1, cond only: cfg 1) timed whole, its Euler
+step around the model call included (``one_step_sample``). Hosts: our UNet in the
 standalone patcher and, with ``--comfyui PATH``, ComfyUI's own UNet called through ComfyUI's
 wrapper executor (see ``_capture_setup``). Variants per case and host:
 
@@ -46,7 +48,23 @@ CASES = {
     "sd1_b2": ("sd1", 2, 64, Scenario()),
     "sd1_b2_lora_gate": ("sd1", 2, 64, Scenario(lora=1.0, gate=0.5)),
     "sdxl_b2": ("sdxl", 2, 128, Scenario()),
+    "sdxl_turbo_512_one_step": ("sdxl", 1, 64, Scenario(cond_or_uncond=[0])),
 }
+ONE_STEP_CASES = {"sdxl_turbo_512_one_step"}  # timed as a whole one-step sample (sampler included)
+TURBO_SIGMA = 14.6146  # the noise level SDTurboScheduler starts a one-step sample at
+
+
+def one_step_sample(model_call):
+    """A whole one-step epsilon-prediction Euler sample around ``model_call``, as a Turbo sampler
+    runs it: scale the noise to sigma, scale the model input by 1/sqrt(sigma^2 + 1), predict eps and
+    return the denoised latent ``x - sigma * eps`` (what one Euler step to sigma 0 gives)."""
+
+    def sample(noise, t, context, y):
+        x = noise * TURBO_SIGMA
+        eps = model_call(x * (1.0 / (TURBO_SIGMA ** 2 + 1) ** 0.5), t, context, y)
+        return x - eps * TURBO_SIGMA
+
+    return sample
 
 
 def _sync(device) -> None:
@@ -92,13 +110,14 @@ def bench_case(host, case: str, scenario: Scenario, batch: int, size: int, devic
                rounds: int, steps: int) -> dict:
     inputs = make_inputs(host.config, batch, size, device, dtype, seed=0)
     other = make_inputs(host.config, batch, size, device, dtype, seed=1)
-    variants = {"eager": (host.runner(scenario), None)}
+    wrap = one_step_sample if case in ONE_STEP_CASES else (lambda fn: fn)
+    variants = {"eager": (wrap(host.runner(scenario)), None)}
     accel = accelerator()
-    variants["captured"] = (host.runner(scenario, accel), accel)
+    variants["captured"] = (wrap(host.runner(scenario, accel)), accel)
     if compile_on:
         compiled_accel = accelerator(compile=True)
-        variants["captured+compile"] = (host.runner(scenario, compiled_accel), compiled_accel)
-        variants["core compile"] = (host.compiled_runner(scenario), None)
+        variants["captured+compile"] = (wrap(host.runner(scenario, compiled_accel)), compiled_accel)
+        variants["core compile"] = (wrap(host.compiled_runner(scenario)), None)
     result: dict = {"case": case, "host": host.name, "batch": batch, "latent": size, "lora": scenario.lora,
                     "gate": scenario.gate, "variants": {}}
     with torch.inference_mode():

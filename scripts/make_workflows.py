@@ -162,7 +162,8 @@ def sdxl_turbo(b: Builder) -> None:
            "- models/text_encoders/clip_l.safetensors and clip_g.safetensors: the SDXL text encoders\n"
            "- models/vae/sdxl_vae.safetensors: the SDXL VAE\n\n"
            "SDXL-Turbo samples at 512x512 in 1-4 steps with cfg 1.0 (SDTurboScheduler + SamplerCustom); "
-           "the negative prompt has no effect at cfg 1.")
+           "the negative prompt has no effect at cfg 1."
+           "\n\nAccelerate UNet runs the UNet through CUDA graphs: the first step at a new latent size, batch or patch setting is recorded, later steps replay it in one launch. Small latents (Turbo, SD1.5 at 512 px) are bound by kernel launches, so each step gets faster with outputs identical to the plain model. LoRA, the skip gate and strength changes are picked up (a new recording). It does nothing on the CPU and runs normally, saying why in the log, when ComfyUI loads the model only partially (low VRAM). Each recorded size holds some GPU memory; set enabled to false to compare.")
     unet = b.add("UNetLabLoadUNet", unet_name="sdxl_turbo_unet.safetensors", weight_dtype="default",
                  prediction="auto")
     clip = b.add("DualCLIPLoader", clip_name1="clip_l.safetensors", clip_name2="clip_g.safetensors",
@@ -179,8 +180,10 @@ def sdxl_turbo(b: Builder) -> None:
     info = b.add("PreviewAny", title="UNet file info")
     b.link(clip, "CLIP", pos, "clip")
     b.link(clip, "CLIP", neg, "clip")
+    accel = b.add("UNetLabAccelerateUNet", enabled=True, compile=False, max_graphs=4)
+    b.link(unet, "model", accel, "model")
     b.link(unet, "model", sched, "model")
-    b.link(unet, "model", sample, "model")
+    b.link(accel, "model", sample, "model")
     b.link(pos, "CONDITIONING", sample, "positive")
     b.link(neg, "CONDITIONING", sample, "negative")
     b.link(sampler, "SAMPLER", sample, "sampler")
@@ -220,12 +223,15 @@ def swap_unet_sd15(b: Builder) -> None:
            "- models/checkpoints/v1-5-pruned-emaonly.safetensors: any SD1.5 checkpoint\n"
            "- models/diffusion_models/sd15_finetuned_unet.safetensors: a UNet-only SD1.5 file (LDM or "
            "diffusers layout)\n\n"
-           "Inspect UNet reads only the file's header and says what it is before anything loads.")
+           "Inspect UNet reads only the file's header and says what it is before anything loads."
+           "\n\nAccelerate UNet runs the UNet through CUDA graphs: the first step at a new latent size, batch or patch setting is recorded, later steps replay it in one launch. Small latents (Turbo, SD1.5 at 512 px) are bound by kernel launches, so each step gets faster with outputs identical to the plain model. LoRA, the skip gate and strength changes are picked up (a new recording). It does nothing on the CPU and runs normally, saying why in the log, when ComfyUI loads the model only partially (low VRAM). Each recorded size holds some GPU memory; set enabled to false to compare.")
     ckpt = b.add("CheckpointLoaderSimple", ckpt_name="v1-5-pruned-emaonly.safetensors")
     swap = b.add("UNetLabSwapUNet", unet_name="sd15_finetuned_unet.safetensors")
     b.add("UNetLabInspectUNet", file="diffusion_models/sd15_finetuned_unet.safetensors")
+    accel = b.add("UNetLabAccelerateUNet", enabled=True, compile=False, max_graphs=4)
     b.link(ckpt, "MODEL", swap, "model")
-    _text_to_image(b, (swap, "model"), ckpt, 512, 20, 7.0, "a lighthouse on a cliff at dusk, oil painting",
+    b.link(swap, "model", accel, "model")
+    _text_to_image(b, (accel, "model"), ckpt, 512, 20, 7.0, "a lighthouse on a cliff at dusk, oil painting",
                    "unet_lab/swap_unet_sd15")
     info = b.add("PreviewAny", title="Swap notes")
     b.link(swap, "info", info, "source")

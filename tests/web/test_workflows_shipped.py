@@ -150,9 +150,21 @@ def test_sdxl_turbo_workflow_samples_one_step_at_cfg_1(standalone_host):
     assert (latent["width"], latent["height"]) == (512, 512)
     (clip,) = _by_type(api, "DualCLIPLoader")
     assert clip["type"] == "sdxl"
-    # the sampler and the scheduler both take the UNet-only model
+    # the scheduler takes the UNet-only model; the sampler takes it through Accelerate UNet
     load_id = next(k for k in api if k.startswith("UNetLabLoadUNet:")).split(":")[1]
-    assert sampler["model"] == [load_id, 0] and sched["model"] == [load_id, 0]
+    accel_id = next(k for k in api if k.startswith("UNetLabAccelerateUNet:")).split(":")[1]
+    (accel,) = _by_type(api, "UNetLabAccelerateUNet")
+    assert accel["model"] == [load_id, 0] and accel["enabled"] is True
+    assert sampler["model"] == [accel_id, 0] and sched["model"] == [load_id, 0]
+
+
+def test_swap_workflow_samples_through_accelerate_unet(standalone_host):
+    api = _api(WORKFLOW_DIR / "unet_lab_swap_unet_sd15.json", standalone_host)
+    swap_id = next(k for k in api if k.startswith("UNetLabSwapUNet:")).split(":")[1]
+    accel_id = next(k for k in api if k.startswith("UNetLabAccelerateUNet:")).split(":")[1]
+    (accel,), (ksampler,) = (_by_type(api, t) for t in ("UNetLabAccelerateUNet", "KSampler"))
+    assert accel["model"] == [swap_id, 0]
+    assert ksampler["model"] == [accel_id, 0]
 
 
 def test_lora_workflow_block_spec_is_a_valid_sdxl_spec(standalone_host):

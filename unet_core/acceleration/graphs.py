@@ -17,6 +17,7 @@ The capturer is an interface so the cache's logic can be tested on CPU with a fa
 
 from __future__ import annotations
 
+import gc
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -76,6 +77,10 @@ class CudaGraphCapturer:
         stream.synchronize()
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
+        # torch.cuda.graph empties the allocator's cache on entry: empty it first, so the growth
+        # of reserved memory is what the graph's pool keeps, not the cache released on the way.
+        gc.collect()
+        torch.cuda.empty_cache()
         reserved = torch.cuda.memory_reserved(device)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool, stream=stream, capture_error_mode="thread_local"):
