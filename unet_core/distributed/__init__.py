@@ -5,13 +5,14 @@ else asks :func:`active` and runs single-process when it returns None, which is 
 the case inside a ComfyUI server.
 """
 
-from .collectives import all_gather_objects, barrier, broadcast_object, guard
+from .collectives import all_gather_objects, barrier, broadcast_object
 from .context import (
     DEFAULT_TIMEOUT_S,
     TIMEOUT_ENV,
     DistContext,
     DistributedError,
     active,
+    guard,
     launched_by_torchrun,
     setup_from_env,
     teardown,

@@ -7,35 +7,11 @@ timeout passed) raises :class:`~.context.DistributedError`.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch.distributed as dist
 
-from .context import DistributedError, active
-
-
-@contextlib.contextmanager
-def guard(what: str) -> Iterator[None]:
-    """Turn a failing collective inside the block into a DistributedError naming rank and ``what``.
-
-    Use it around code whose collectives are hidden (DDP's gradient all-reduce in
-    ``backward``). Outside a job it does nothing.
-    """
-    context = active()
-    if context is None or context.world_size == 1:
-        yield
-        return
-    try:
-        yield
-    except DistributedError:
-        raise
-    except (RuntimeError, dist.DistError) as error:
-        raise DistributedError(
-            f"{context.describe()}: {what} failed after waiting up to {context.timeout_s:g} s; another rank "
-            f"probably failed or was killed (see its message). Cause: {str(error).splitlines()[0] if str(error) else error!r}"
-        ) from error
+from .context import active, guard
 
 
 def barrier(what: str = "a barrier") -> None:

@@ -159,6 +159,28 @@ def setup_from_env(device: str | torch.device | None = None, timeout_s: float | 
     return context
 
 
+@contextlib.contextmanager
+def guard(what: str) -> Iterator[None]:
+    """Turn a failing collective inside the block into a DistributedError naming rank and ``what``.
+
+    Use it around code whose collectives are hidden (DDP's gradient all-reduce in
+    ``backward``). Outside a job it does nothing.
+    """
+    context = active()
+    if context is None or context.world_size == 1:
+        yield
+        return
+    try:
+        yield
+    except DistributedError:
+        raise
+    except (RuntimeError, dist.DistError) as error:
+        raise DistributedError(
+            f"{context.describe()}: {what} failed after waiting up to {context.timeout_s:g} s; another rank "
+            f"probably failed or was killed (see its message). Cause: {str(error).splitlines()[0] if str(error) else error!r}"
+        ) from error
+
+
 def teardown(clean: bool = True) -> None:
     """Leave the job: with ``clean``, wait for every rank first (a barrier), then end the group.
 
@@ -171,9 +193,7 @@ def teardown(clean: bool = True) -> None:
         return
     try:
         if clean and context is not None and context.world_size > 1:
-            from .collectives import barrier
-
-            with use_context(context):
-                barrier("the end of the run")
+            with use_context(context), guard("waiting for the other ranks at the end of the run"):
+                dist.barrier()
     finally:
         dist.destroy_process_group()
