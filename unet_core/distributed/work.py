@@ -63,4 +63,4 @@ def wrap_ddp(model: nn.Module, context: DistContext | None) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [context.device.index] if context.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=True)
+    return DistributedDataParallel(model, device_ids=ids)
