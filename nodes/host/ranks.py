@@ -94,9 +94,11 @@ class _RankPrefix(logging.Filter):
             return self.session.is_main
         prefix = self.session.prefix
         if prefix and not getattr(record, "_rank_prefixed", False):
-            record.msg = f"{prefix}{record.msg}" if not str(record.msg).startswith("error: ") else \
-                f"error: {prefix}{str(record.msg)[len('error: '):]}"
             record._rank_prefixed = True  # type: ignore[attr-defined]
+            if prefix.rstrip(": ") in record.getMessage():  # a collective's error names the rank already
+                return True
+            text = str(record.msg)
+            record.msg = f"error: {prefix}{text[len('error: '):]}" if text.startswith("error: ") else f"{prefix}{text}"
         return True
 
 

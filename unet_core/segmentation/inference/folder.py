@@ -107,7 +107,7 @@ class FolderResult:
         done = self.count("segmented")
         rate = f", {done / self.seconds:.2f} image(s)/s" if done and self.seconds > 0 else ""
         lines = [f"{len(self.records)} image(s): {done} segmented, {self.count('skipped')} skipped (done before), "
-                 f"{self.count('failed')} failed; {self.seconds:.1f} s on {self.ranks} rank(s){rate}",
+                 f"{self.count('failed')} failed; {self.seconds:.2f} s on {self.ranks} rank(s){rate}",
                  f"{'image':<32} {'status':<10} {'size':>11} {'seconds':>8} {'foreground':>10}"]
         for record in self.records[:limit]:
             share = "" if record.foreground is None else f"{100.0 * record.foreground:9.2f}%"

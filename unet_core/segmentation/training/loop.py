@@ -88,7 +88,7 @@ class TrainResult:
 
     def report(self) -> str:
         """A short human-readable summary."""
-        lines = [f"trained {self.steps} steps on {self.train_count} image(s) in {self.seconds:.1f} s; "
+        lines = [f"trained {self.steps} steps on {self.train_count} image(s) in {self.seconds:.2f} s; "
                  f"final loss {self.loss:.4f}"]
         if self.val_dice is not None:
             lines.append(f"held-out Dice {self.val_dice:.4f} on {self.val_count} validation image(s)")
