@@ -18,6 +18,7 @@ from ..unet_core.errors import InputError
 from ..unet_core.segmentation.inference.device_io import SEGMENT_SPEEDS
 from ..unet_core.segmentation.inference.folder import FolderSettings, segment_folder
 from ..unet_core.segmentation.inference.folder_files import SUMMARY_NAME, write_atomic
+from ..unet_core.segmentation.inference.segment import SegmentOptions
 from ..unet_core.segmentation.inference.tiling import BLENDS
 from .host import get_host
 from .segmentation import SPEED_TOOLTIP
@@ -95,10 +96,11 @@ class UNetLabSegmentFolder:
         host = get_host()
         source = _inside(host.input_directory(), input_folder.strip(), "input_folder")
         target = _inside(host.shared_output_directory(), output_folder.strip(), "output_folder")
-        settings = FolderSettings(tile_size=int(tile_size), overlap=float(overlap), blend=blend,
-                                  flip_tta=bool(flip_tta), threshold=None if threshold < 0 else float(threshold),
-                                  class_mode=class_mode, speed=speed, probabilities=bool(write_probabilities),
-                                  overlays=bool(write_overlays), redo=bool(redo_existing))
+        options = SegmentOptions(tile_size=int(tile_size), overlap=float(overlap), blend=blend,
+                                 tta_flips=bool(flip_tta), threshold=None if threshold < 0 else float(threshold),
+                                 class_mode=class_mode, speed=speed, release_memory=host.release_memory)
+        settings = FolderSettings(options, probabilities=bool(write_probabilities), overlays=bool(write_overlays),
+                                  redo=bool(redo_existing))
         device = host.device()
         model = seg.model
         original = next((p.device for p in model.parameters()), torch.device("cpu"))

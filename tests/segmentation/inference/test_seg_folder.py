@@ -14,7 +14,7 @@ from fixtures_distributed import write_pictures
 from unet_lab.unet_core.errors import InputError, SegmentationError
 from unet_lab.unet_core.segmentation.inference import folder_files
 from unet_lab.unet_core.segmentation.inference.folder import FolderSettings, read_folder_image, segment_folder
-from unet_lab.unet_core.segmentation.inference.segment import segment
+from unet_lab.unet_core.segmentation.inference.segment import SegmentOptions, segment
 from unet_lab.unet_core.segmentation.meta import SegmentationMeta
 from unet_lab.unet_core.segmentation.registry import build_model
 
@@ -33,8 +33,8 @@ def seg(tmp_path_factory):
     first = write_pictures(tmp_path_factory.mktemp("probe"), 1)[0]
     probabilities = segment(model, meta, read_folder_image(first), tile_size=32, overlap=0.25).probabilities
     threshold = float(probabilities.median())
-    return model, meta, FolderSettings(tile_size=32, overlap=0.25, threshold=threshold, probabilities=True,
-                                       overlays=True)
+    options = SegmentOptions(tile_size=32, overlap=0.25, threshold=threshold)
+    return model, meta, FolderSettings(options, probabilities=True, overlays=True)
 
 
 def _files(folder) -> dict[str, bytes]:
@@ -48,7 +48,7 @@ def test_masks_and_probabilities_are_segments_output(tmp_path, seg):
     assert [r.status for r in result.records] == ["segmented"] * 3
     for path, record in zip(pictures, result.records, strict=True):
         direct = segment(model, meta, read_folder_image(path), tile_size=32, overlap=0.25,
-                         threshold=settings.threshold)
+                         threshold=settings.segment.threshold)
         mask = np.asarray(Image.open(tmp_path / "out" / f"{path.stem}.png"))
         probability = np.asarray(Image.open(tmp_path / "out" / f"{path.stem}_probability.png"))
         assert np.array_equal(mask, np.round(direct.masks[0].numpy() * 255).astype(np.uint8))
@@ -131,4 +131,4 @@ def test_bad_folders_and_settings_fail_before_any_model_call(tmp_path, seg):
     with pytest.raises(SegmentationError, match="same mask pic_000.png"):
         segment_folder(model, meta, tmp_path / "twins", tmp_path / "out", settings)
     with pytest.raises(InputError, match="one mask per image"):
-        segment_folder(model, meta, tmp_path / "twins", tmp_path / "out", FolderSettings(class_mode="all"))
+        segment_folder(model, meta, tmp_path / "twins", tmp_path / "out", FolderSettings(SegmentOptions(class_mode="all")))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from .folder_files import (
     write_atomic,
 )
 from .outputs import overlay
-from .segment import segment
+from .segment import SegmentOptions, segment
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +55,10 @@ def read_folder_image(path: Path) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class FolderSettings:
-    """How each image is segmented (the Segment Image node's settings) and what is written."""
+    """How each image is segmented (``segment``'s options; its device, progress and input name are
+    set per image) and what is written."""
 
-    tile_size: int = 512
-    overlap: float = 0.25
-    blend: str = "gaussian"
-    flip_tta: bool = False
-    threshold: float | None = None
-    class_mode: str = "foreground"
-    speed: str = "auto"
+    segment: SegmentOptions = field(default_factory=SegmentOptions)
     probabilities: bool = False
     overlays: bool = False
     redo: bool = False
@@ -139,9 +134,7 @@ def _segment_one(model: nn.Module, meta: Any, path: Path, output: Path, settings
     except UNetLabError as error:
         log.warning("Segment Folder: %s skipped: %s", path.name, error)
         return ImageRecord(path.name, "failed", rank=rank, note=str(error))
-    result = segment(model, meta, image, tile_size=settings.tile_size, overlap=settings.overlap,
-                     blend=settings.blend, tta_flips=settings.flip_tta, threshold=settings.threshold,
-                     class_mode=settings.class_mode, device=device, speed=settings.speed, input_name=path.name)
+    result = segment(model, meta, image, settings.segment, device=device, input_name=path.name, progress=None)
     mask = result.masks[0]
     if "probability" in paths:
         write_atomic(paths["probability"], png_bytes(result.probabilities[0], bits=16))
@@ -160,7 +153,7 @@ def segment_folder(model: nn.Module, meta: Any, input_dir: Path, output_dir: Pat
     Checks the settings and lists the folder before any model call; ``progress`` counts this
     rank's images. Returns the same :class:`FolderResult` on every rank.
     """
-    if settings.class_mode.strip().lower() == "all":
+    if settings.segment.class_mode.strip().lower() == "all":
         raise InputError("Segment Folder writes one mask per image: class_mode 'foreground' or 'class:<name>', "
                          "not 'all'")
     start = time.perf_counter()
