@@ -8,7 +8,8 @@ Two workloads, each one headless workflow (API format, written by this script):
 - ``folder``: Segment Folder over a folder of synthetic images written once by this script
   (``redo`` on, so every image is segmented each time); figure: images/s over the node's time.
 
-Each run is a separate process started by this script. Under ``--mode overhead`` (default)
+Each run is a separate process started by this script (``bench_distributed.py run-workflow ...``:
+the headless runner of ``dev.py run`` with the current interpreter). Under ``--mode overhead`` (default)
 each workload runs as the plain runner (``dev.py run``) and under ``torchrun --standalone
 --nproc_per_node 1`` alternately, ``--rounds`` times each, and the figure is the ratio of the
 medians of the node times (the goal: torchrun costs at most 3 %). The wall time of each whole
@@ -95,9 +96,20 @@ def write_images(folder: Path, count: int, size: int) -> None:
             Image.fromarray(np.roll(base, index * 7, axis=1)).save(path, compress_level=1)
 
 
+def run_workflow(argv: list[str]) -> int:
+    """The headless runner (what ``dev.py run`` runs) with this interpreter, no virtualenv set-up."""
+    sys.path.insert(0, str(HERE))
+    from _pack import load_pack
+
+    load_pack()
+    from unet_lab.nodes.host import headless
+
+    return headless.main(argv)
+
+
 def run_once(prompt_path: Path, work: Path, device: str, nproc: int | None) -> tuple[float, str]:
     """Run one workflow; (wall seconds of the whole process, its stdout + stderr)."""
-    runner = [str(REPO_ROOT / "dev.py"), "run", str(prompt_path), "--input", str(work / "input"),
+    runner = [str(Path(__file__).resolve()), "run-workflow", str(prompt_path), "--input", str(work / "input"),
               "--output", str(work / "output"), "--models", str(work / "models"), "--device", device]
     if nproc is None:
         command = [sys.executable, *runner]
@@ -179,6 +191,9 @@ def _device_name(device: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run-workflow"]:  # one run of the workflow, in a process this script started
+        return run_workflow(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
     parser.add_argument("--mode", choices=("overhead", "scaling"), default="overhead")
