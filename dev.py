@@ -7,6 +7,7 @@ python3 (3.10+) on the machine.
 
     python3 dev.py run [WORKFLOW] [--models DIR] [--output DIR]   # headless run, default: the demo workflow
     python3 dev.py test [PYTEST ARGS]                               # the test suite
+    torchrun --nproc_per_node N dev.py run WORKFLOW ...             # the same run on N ranks (see README)
 """
 
 from __future__ import annotations
@@ -75,7 +76,10 @@ def main(argv: list[str]) -> int:
         except subprocess.CalledProcessError as error:
             print(f"dev.py: set-up failed ({error}); see pip's output above", file=sys.stderr)
             return 1
-        return subprocess.call([str(_venv_python()), str(Path(__file__).resolve()), *argv])
+        command = [str(_venv_python()), str(Path(__file__).resolve()), *argv]
+        if "TORCHELASTIC_RUN_ID" in os.environ and os.name != "nt":
+            os.execv(command[0], command)  # under torchrun: keep this pid, so the launcher's signals reach the run
+        return subprocess.call(command)
     command, rest = argv[0], argv[1:]
     if command == "test":
         return subprocess.call([sys.executable, "-m", "pytest", *rest], cwd=ROOT)

@@ -56,6 +56,14 @@ class Host(ABC):
     def output_directory(self) -> Path:
         """The output folder (images, reports)."""
 
+    def shared_output_directory(self) -> Path:
+        """The output folder for files each rank writes its own share of (under torchrun).
+
+        Same as ``output_directory()`` in one process; on ranks other than 0 of a torchrun job,
+        ``output_directory()`` is a scratch folder (only rank 0 saves), but this is the real one.
+        """
+        return self.output_directory()
+
     @abstractmethod
     def input_directory(self) -> Path:
         """The input folder (images LoadImage lists)."""

@@ -7,6 +7,13 @@ nodes the stub executor cannot run are refused before anything runs. Bad input
 (not JSON, neither format, a link to a missing node, a cycle, an unknown node
 type, a value of the wrong type) ends with a message naming the node and the
 cause and exit code 2; a node failing while it runs ends with exit code 1.
+
+Under torchrun every rank runs the same workflow (see ``ranks.py``)::
+
+    torchrun --nproc_per_node N dev.py run WORKFLOW [--dist-timeout SECONDS] ...
+
+Only rank 0 writes files and prints the report; a failure on any rank ends that rank
+with one message naming the rank and the node, and the launcher ends the others.
 """
 
 from __future__ import annotations
@@ -17,10 +24,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ...unet_core.distributed import DistributedError
 from ...unet_core.errors import HostError, NodeExecutionError, PromptValidationError, WorkflowError
 from ...unet_core.graph.execute import Executor, RunResult
 from ...unet_core.graph.formats import read_workflow_file
 from . import use_host
+from .ranks import RankSession, rank_session
 from .standalone import StandaloneHost
 from .standalone_nodes import NODE_CLASS_MAPPINGS as STANDALONE_NODES
 
@@ -49,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", help="output folder (default: ./output or $UNET_LAB_OUTPUT)")
     parser.add_argument("--input", help="input folder LoadImage reads (default: ./input or $UNET_LAB_INPUT)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="device (default: cuda when present, else cpu)")
+    parser.add_argument("--dist-timeout", type=float, metavar="SECONDS",
+                        help="under torchrun: how long a rank waits for the others in a collective before the job "
+                             "ends with an error (default: $UNET_LAB_DIST_TIMEOUT or 600)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (tracebacks of node errors)")
     return parser
 
@@ -108,8 +120,26 @@ def _run(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():
             log.error("error: --device cuda, but this torch sees no CUDA device (torch %s)", torch.__version__)
             return 2
-    host = StandaloneHost(models_root=args.models, output_dir=args.output, input_dir=args.input,
-                          device=args.device, show_progress=True)
+    try:
+        with rank_session(logging.getLogger(PACK_LOGGER), args.device, args.dist_timeout) as session:
+            code, finished = _run_workflow(args, path, session)
+            session.succeeded = code == 0
+    except DistributedError as error:  # joining the job, or waiting for the others at its end, failed
+        log.error("error: %s", error)
+        return 1
+    if finished is not None and session.is_main:  # after every rank finished
+        host, result = finished
+        _report(host, result)
+        ranks = f" on {session.context.world_size} ranks" if session.context else ""
+        log.info("done%s: %d node(s) ran, %d from cache", ranks, len(result.executed), len(result.cached))
+    return code
+
+
+def _run_workflow(args: argparse.Namespace, path: Path,
+                  session: RankSession) -> tuple[int, tuple[StandaloneHost, RunResult] | None]:
+    """Run the workflow on this rank: (exit code, (host, result) when it succeeded)."""
+    host = session.make_host(models_root=args.models, output_dir=args.output, input_dir=args.input,
+                             device=args.device, show_progress=True)
 
     def on_node(node_id: str, class_type: str, index: int, count: int) -> None:
         log.info("[%d/%d] running node %s (%s)", index + 1, count, node_id, class_type)
@@ -122,15 +152,13 @@ def _run(args: argparse.Namespace) -> int:
             result = executor.run(data, source=str(path))
     except (WorkflowError, PromptValidationError, HostError) as error:
         log.error("error: %s", error)
-        return 2
+        return 2, None
     except NodeExecutionError as error:
         log.error("error: %s", error)
         log.debug("cause", exc_info=error.cause)
-        return 1
+        return 1, None
     except Exception as error:  # a bug of ours: say so, the traceback with -v
         log.error("error: internal error %s: %s (run with -v for the traceback)", type(error).__name__, error)
         log.debug("traceback", exc_info=True)
-        return 1
-    _report(host, result)
-    log.info("done: %d node(s) ran, %d from cache", len(result.executed), len(result.cached))
-    return 0
+        return 1, None
+    return 0, (host, result)

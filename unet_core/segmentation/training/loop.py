@@ -4,9 +4,14 @@ AdamW, a cosine (with a short linear warm-up) or constant learning rate, random 
 training images (cropped to ``patch_size`` when sizes differ), optional augmentation (flips,
 90-degree turns, brightness/contrast, elastic), a loss from :mod:`.losses` with the optional
 border weight map, and a held-out validation split evaluated on whole images with the Dice
-score. All randomness (split, batches, crops, augmentation) comes from one generator seeded
-with ``seed``, so the same seed and the same starting weights give bitwise the same weights
-on the CPU.
+score. All randomness comes from ``seed``: the split from one generator, and each sample of
+each step (image, crop, augmentation) from its own generator seeded by (seed, step, sample), so
+the same seed and the same starting weights give bitwise the same weights on the CPU.
+
+Under a torchrun job (``unet_core.distributed``) the model trains in DistributedDataParallel:
+``batch_size`` is the global batch, each rank draws its contiguous share of the step's samples,
+the loss is that of the global batch (see :mod:`.ranks`), and validation is split over the
+ranks with its counts added up. Every rank ends with the same weights.
 """
 
 from __future__ import annotations
@@ -22,12 +27,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from ... import distributed
 from ...errors import InputError, SegmentationError
 from ...progress import ProgressCallback, no_progress
 from ..model import model_channels
-from .augment import AugmentConfig, augment_batch
+from .augment import AugmentConfig, augment_pair
 from .data import SegmentationDataset
-from .losses import LOSSES, border_weights, segmentation_loss
+from .losses import LOSSES, border_weights
+from .ranks import (
+    all_sum,
+    batch_share,
+    finish_model,
+    global_batch_loss,
+    inner_model,
+    prepare_model,
+    sample_generator,
+    sync_buffers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +88,7 @@ class TrainResult:
 
     def report(self) -> str:
         """A short human-readable summary."""
-        lines = [f"trained {self.steps} steps on {self.train_count} image(s) in {self.seconds:.1f} s; "
+        lines = [f"trained {self.steps} steps on {self.train_count} image(s) in {self.seconds:.2f} s; "
                  f"final loss {self.loss:.4f}"]
         if self.val_dice is not None:
             lines.append(f"held-out Dice {self.val_dice:.4f} on {self.val_count} validation image(s)")
@@ -124,9 +140,9 @@ def _targets(masks: torch.Tensor, classes: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_dice(model: nn.Module, data: SegmentationDataset, mean: torch.Tensor, std: torch.Tensor,
-                  threshold: float = 0.5, device: torch.device | None = None) -> float:
-    """Dice over all pixels of ``data`` pooled (foreground classes pooled for multi-class models)."""
+def dice_counts(model: nn.Module, data: SegmentationDataset, mean: torch.Tensor, std: torch.Tensor,
+                threshold: float = 0.5, device: torch.device | None = None) -> tuple[float, float]:
+    """(intersection, predicted + true pixels) over ``data``, foreground classes pooled: Dice = 2 i / t."""
     _, classes = model_channels(model)
     device = device or next(model.parameters()).device
     was = model.training
@@ -150,6 +166,20 @@ def evaluate_dice(model: nn.Module, data: SegmentationDataset, mean: torch.Tenso
                     total += float(p.sum() + t.sum())
     finally:
         model.train(was)
+    return inter, total
+
+
+def evaluate_dice(model: nn.Module, data: SegmentationDataset, mean: torch.Tensor, std: torch.Tensor,
+                  threshold: float = 0.5, device: torch.device | None = None) -> float:
+    """Dice over all pixels of ``data`` pooled (foreground classes pooled for multi-class models).
+
+    Under a torchrun job each rank evaluates its share of ``data`` and the counts are added up,
+    so every rank gets the Dice of the whole set.
+    """
+    context = distributed.active()
+    if context is not None and context.world_size > 1:
+        data = data.subset(distributed.shard_indices(len(data), context.rank, context.world_size))
+    inter, total = all_sum(list(dice_counts(model, data, mean, std, threshold, device)), context)
     return 1.0 if total == 0 else 2 * inter / total
 
 
@@ -188,6 +218,28 @@ def train_segmentation(model: nn.Module, dataset: SegmentationDataset, config: T
     with torch.inference_mode(False), torch.enable_grad():
         _ordinary_tensors(model)
         return _train(model, _ordinary_dataset(dataset), config, progress, device)
+
+
+def _samples(train: SegmentationDataset, slots: range, step: int, config: TrainConfig,
+             crop: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's samples of step ``step``: images [b, C, h, w] and masks [b, h, w].
+
+    Sample ``slot`` draws its image, crop and augmentation from its own generator
+    (``ranks.sample_generator``), so a step's samples do not depend on how ranks share them.
+    """
+    images, masks = [], []
+    for slot in slots:
+        generator = sample_generator(config.seed, step, slot)
+        index = int(torch.randint(0, len(train), (), generator=generator))
+        image, mask = train.images[index], train.masks[index]
+        if crop is not None:
+            image, mask = _crop(image, mask, crop[0], crop[1], generator)
+        image = image.permute(2, 0, 1)
+        if config.augment is not None:
+            image, mask = augment_pair(image, mask, config.augment, generator)
+        images.append(image)
+        masks.append(mask)
+    return torch.stack(images), torch.stack(masks)
 
 
 def _train(model: nn.Module, dataset: SegmentationDataset, config: TrainConfig,
@@ -238,22 +290,17 @@ def _train(model: nn.Module, dataset: SegmentationDataset, config: TrainConfig,
         return config.lr * 0.5 * (1 + math.cos(math.pi * t))
 
     eval_every = max(epoch_steps, math.ceil(steps / max(1, config.evaluations)))
-    generator = torch.Generator().manual_seed(int(config.seed))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    context = distributed.active()
+    share = batch_share(config.batch_size, context)
     model.to(device).train()
+    trainee = prepare_model(model, context)
+    optimizer = torch.optim.AdamW(trainee.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     history: list[dict[str, float]] = []
     start = time.monotonic()
     loss_value = float("nan")
     with _threads(config.threads):
         for step in range(steps):
-            picks = torch.randint(0, len(train), (config.batch_size,), generator=generator).tolist()
-            pairs = [(train.images[i], train.masks[i]) for i in picks]
-            if crop:
-                pairs = [_crop(img, msk, ph, pw, generator) for img, msk in pairs]
-            images = torch.stack([p[0] for p in pairs]).permute(0, 3, 1, 2)
-            masks = torch.stack([p[1] for p in pairs])
-            if config.augment is not None:
-                images, masks = augment_batch(images, masks, config.augment, generator)
+            images, masks = _samples(train, share.slots, step, config, (ph, pw) if crop else None)
             target = _targets(masks, classes)
             weights = None
             if config.border_weights:
@@ -261,26 +308,28 @@ def _train(model: nn.Module, dataset: SegmentationDataset, config: TrainConfig,
                                          config.border_sigma).to(device)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
-            logits = model(_normalise(images, mean, std).to(device))
-            loss = segmentation_loss(logits, target.to(device), config.loss, weights)
-            if not torch.isfinite(loss):
-                raise SegmentationError(f"training diverged at step {step + 1} (loss {float(loss)}); "
-                                        "lower the learning rate")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            with distributed.guard(f"training step {step + 1}"):
+                logits = trainee(_normalise(images, mean, std).to(device))
+                loss, loss_value = global_batch_loss(logits, target.to(device), config.loss, weights, context)
+                if not math.isfinite(loss_value):
+                    raise SegmentationError(f"training diverged at step {step + 1} (loss {loss_value}); "
+                                            "lower the learning rate")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
             optimizer.step()
-            loss_value = float(loss.detach())
             done = step + 1
             entry: dict[str, float] = {"step": done, "epoch": done / epoch_steps, "loss": loss_value,
                                        "lr": lr_at(step)}
             if len(val) and (done % eval_every == 0 or done == steps):
-                entry["val_dice"] = evaluate_dice(model, val, mean, std, config.threshold, device)
+                sync_buffers(inner_model(trainee), context)
+                entry["val_dice"] = evaluate_dice(inner_model(trainee), val, mean, std, config.threshold, device)
                 log.info("step %d/%d loss %.4f val Dice %.4f", done, steps, loss_value, entry["val_dice"])
                 history.append(entry)
             elif done == steps:
                 history.append(entry)
             message = f"loss {loss_value:.4f}" + (f", val Dice {entry['val_dice']:.4f}" if "val_dice" in entry else "")
             progress(done, steps, message)
+    finish_model(model, trainee, context)
     model.eval()
     val_dice = next((h["val_dice"] for h in reversed(history) if "val_dice" in h), None)
     return TrainResult(model, history, val_dice, len(train), len(val), steps, time.monotonic() - start, loss_value)
