@@ -199,6 +199,25 @@ def test_partial_load_runs_eagerly_and_says_why_once(patcher, caplog):
     assert "low VRAM" in accelerator.stats.summary()
 
 
+def test_comfy_detach_keeps_graphs_unless_the_model_is_unloaded(patcher):
+    """ComfyUI 0.3.64's ``load_models_gpu`` detaches (``unpatch_all=False``) every loaded clone of the
+    model it loads, itself included, on each sampling run; only an unload passes ``unpatch_all=True``."""
+    from unet_lab.nodes.host.comfy_capture import _release_on_unload
+
+    capturer = ReplayingCapturer()
+    fast, accelerator = _accelerated(patcher, capturer)
+    on_detach = _release_on_unload(accelerator)
+    x, t, c = _inputs()
+    fast.apply_model(x, t, c)
+    on_detach(fast, False)  # re-attached with its weights in place: the next run replays
+    assert torch.equal(fast.apply_model(x, t, c), patcher.apply_model(x, t, c))
+    assert capturer.captures == 1 and accelerator.stats.replays == 2
+    on_detach(fast, True)  # unloaded: graphs dropped, the next run captures anew
+    assert len(accelerator.cache) == 0
+    assert torch.equal(fast.apply_model(x, t, c), patcher.apply_model(x, t, c))
+    assert capturer.captures == 2
+
+
 def test_capture_failure_falls_back_to_eager_with_one_log_line(patcher, caplog):
     capturer = ReplayingCapturer(fail=RuntimeError("operation not permitted when stream is capturing"))
     fast, accelerator = _accelerated(patcher, capturer)
