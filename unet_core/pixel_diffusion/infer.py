@@ -186,7 +186,9 @@ def config_from_diffusers_json(data: Mapping[str, object], where: str | None = N
             downsample_padding=int(get("downsample_padding", 1)),
             time_channels=2 * chans[0] if time_type == "fourier" else chans[0],
             time_embed_dim=int(get("time_embedding_dim", 0) or 4 * chans[0]), time_embedding=time_type,
-            flip_sin_to_cos=bool(get("flip_sin_to_cos", True)), freq_shift=float(get("freq_shift", 0)),
+            # diffusers' fourier features are always sin first, whatever flip_sin_to_cos says
+            flip_sin_to_cos=bool(get("flip_sin_to_cos", True)) and time_type != "fourier",
+            freq_shift=float(get("freq_shift", 0)),
             num_classes=data.get("num_class_embeds"), norm_groups=int(get("norm_num_groups", 32)),
             norm_eps=float(get("norm_eps", 1e-5)), mid_scale=float(get("mid_block_scale_factor", 1)),
             center_input=bool(get("center_input_sample", False)),
