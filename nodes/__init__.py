@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-NODE_MODULES: tuple[str, ...] = ("diffusion", "lora", "gates", "segmentation")
+NODE_MODULES: tuple[str, ...] = ("diffusion", "lora", "gates", "segmentation", "pixel_diffusion")
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
