@@ -55,7 +55,19 @@ def train_pixel_unet(config: PixelUNetConfig, images: torch.Tensor, labels: torc
                      settings: TrainSettings, device: torch.device | str = "cpu",
                      progress: ProgressCallback = no_progress,
                      check_interrupted: Callable[[], None] | None = None) -> TrainResult:
-    """Train ``config`` from scratch on ``images`` [N, C, H, W] in [-1, 1]; ``labels`` [N] when conditional."""
+    """Train ``config`` from scratch on ``images`` [N, C, H, W] in [-1, 1]; ``labels`` [N] when conditional.
+
+    Works when called under ``torch.inference_mode()`` (as ComfyUI calls nodes): autograd is
+    switched back on here, and inputs made in inference mode are copied into ordinary tensors.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        return _train(config, images.clone(), None if labels is None else labels.clone(), settings, device,
+                      progress, check_interrupted)
+
+
+def _train(config: PixelUNetConfig, images: torch.Tensor, labels: torch.Tensor | None, settings: TrainSettings,
+           device: torch.device | str, progress: ProgressCallback,
+           check_interrupted: Callable[[], None] | None) -> TrainResult:
     if images.ndim != 4 or images.shape[1] != config.in_channels:
         raise InputError(f"training images must be [N, {config.in_channels}, H, W], got {tuple(images.shape)}")
     if images.shape[-1] % config.downsample_factor or images.shape[-2] % config.downsample_factor:
