@@ -84,3 +84,29 @@ def test_load_node_refuses_an_sd_unet_naming_it(standalone_host):
 def test_sample_node_refuses_other_inputs():
     with pytest.raises(UNetLabError, match="not a PIXEL_UNET"):
         UNetLabSamplePixelDiffusion().sample("model", "ddim", 2)
+
+
+def test_shipped_shapes_workflow_runs_headless(standalone_host):
+    """The shipped workflow, with training and sampling cut to a few steps, runs end to end headless."""
+    import json
+
+    from pack_support import REPO_ROOT
+    from unet_lab.nodes.host.headless import node_classes
+    from unet_lab.unet_core.graph.execute import Executor
+
+    workflow = json.loads((REPO_ROOT / "workflows" / "unet_lab_train_pixel_diffusion_shapes.json").read_text())
+    for node in workflow["nodes"]:
+        if node["type"] == "UNetLabSyntheticShapes":
+            node["widgets_values"][0:2] = [16, 16]          # count, size
+        if node["type"] == "UNetLabTrainPixelDiffusionUNet":
+            node["widgets_values"][1:3] = [2, 4]            # steps, batch size
+            node["widgets_values"][7] = 16                  # size
+        if node["type"] == "UNetLabSamplePixelDiffusion":
+            node["widgets_values"][1] = 2                   # steps
+    executor = Executor(node_classes())
+    prompt, extra = executor.to_prompt(workflow)
+    result = executor.run(prompt, extra)
+    assert result.validation.valid
+    saved = list((standalone_host.save_directory("diffusion_models") / "unet_lab").glob("pixel_shapes_*"))
+    assert len(saved) == 1
+    assert len(list(standalone_host.output_directory().rglob("pixel_shapes_*.png"))) == 16
