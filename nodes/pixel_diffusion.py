@@ -33,6 +33,17 @@ def _files() -> list[str]:
         return []
 
 
+def _interruptible(report: Any) -> Any:
+    """``report`` wrapped so each call first lets the host stop the run (ComfyUI's cancel button)."""
+    host = get_host()
+
+    def call(done: int, total: int, extra: Any = None) -> None:
+        host.check_interrupted()
+        report(done, total, extra)
+
+    return call
+
+
 def _check(pixel_unet: Any, node: str) -> Any:
     from ..unet_core.errors import InputError
     from ..unet_core.pixel_diffusion.loading import PixelModel
@@ -120,12 +131,7 @@ class UNetLabSamplePixelDiffusion:
             raise InputError(f"Sample Pixel Diffusion: steps {steps} exceed the model's "
                              f"{pm.config.num_train_timesteps} training steps")
         host = get_host()
-        report = host.preview_progress(int(steps), None if unique_id is None else str(unique_id))
-
-        def on_progress(done: int, total: int, image: Any) -> None:
-            host.check_interrupted()
-            report(done, total, image)
-
+        on_progress = _interruptible(host.preview_progress(int(steps), None if unique_id is None else str(unique_id)))
         try:
             images = sample_images(pm, SampleSettings(sampler, int(steps), float(eta), float(guidance)), int(seed),
                                    int(batch_size), int(size), int(class_label), schedule, host.device(),
@@ -198,12 +204,7 @@ class UNetLabTrainPixelDiffusionUNet:
             if root not in target.parents and target != root or not target.is_dir():
                 raise InputError(f"{node}: folder {folder!r} is not a folder inside the input folder {root}")
             images = folder_images(target, int(size))
-        report = host.progress(int(steps), None if unique_id is None else str(unique_id))
-
-        def progress(done: int, total: int, message: str = "") -> None:
-            host.check_interrupted()
-            report(done, total, message)
-
+        progress = _interruptible(host.progress(int(steps), None if unique_id is None else str(unique_id)))
         settings = TrainSettings(steps=int(steps), batch_size=int(batch_size), learning_rate=float(learning_rate),
                                  ema_decay=float(ema_decay), seed=int(seed))
         try:

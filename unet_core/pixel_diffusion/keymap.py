@@ -11,7 +11,7 @@ regrouping the heads first when the order is guided-diffusion's legacy one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 
@@ -23,6 +23,7 @@ _TOP = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0"
         "time_embedding.linear_2": "time_embed.2", "conv_norm_out": "out.0", "conv_out": "out.2"}
 _ATTN_NAMES = {"group_norm": "norm", "to_out.0": "proj_out", "proj_attn": "proj_out"}
 _QKV = (("to_q", "to_k", "to_v"), ("query", "key", "value"))
+_EXTRAS = (("time_proj.weight", "time_proj"), ("class_embedding.weight", "label_emb.weight"))
 
 
 def module_pairs(config: PixelUNetConfig) -> list[tuple[str, str, str]]:
@@ -82,69 +83,57 @@ def qkv_to_order(weight: torch.Tensor, channels: int, heads: int, src: str, dst:
     return weight[inverse]
 
 
-def diffusers_to_canonical(sd: Mapping[str, torch.Tensor], config: PixelUNetConfig) -> dict[str, torch.Tensor]:
-    """A diffusers ``UNet2DModel`` state dict in canonical names (config.qkv_order must be "split").
-
-    Tensors are the same objects except the fused ``qkv`` (concatenated) and the 1x1 ``proj_out``
-    (a view). Keys the map does not know are left out; ``unmapped_diffusers_keys`` lists them.
-    """
-    out: dict[str, torch.Tensor] = {}
-    if "time_proj.weight" in sd:
-        out["time_proj"] = sd["time_proj.weight"]
-    if "class_embedding.weight" in sd:
-        out["label_emb.weight"] = sd["class_embedding.weight"]
+def _renames(config: PixelUNetConfig) -> Iterator[tuple[str, str]]:
+    """(diffusers key, canonical key) of every tensor that is only renamed (all but attention)."""
+    yield from _EXTRAS
     for d, c, kind in module_pairs(config):
         if kind == "resnet":
             for dn, cn in _RESNET.items():
                 for p in ("weight", "bias"):
-                    if f"{d}.{dn}.{p}" in sd:
-                        out[f"{c}.{cn}.{p}"] = sd[f"{d}.{dn}.{p}"]
-        elif kind == "attention":
-            for dn, cn in _ATTN_NAMES.items():
-                for p in ("weight", "bias"):
-                    if f"{d}.{dn}.{p}" in sd:
-                        t = sd[f"{d}.{dn}.{p}"]
-                        out[f"{c}.{cn}.{p}"] = t[..., None] if cn == "proj_out" and p == "weight" else t
-            names = next((n for n in _QKV if f"{d}.{n[0]}.weight" in sd), None)
-            if names is not None:
-                for p in ("weight", "bias"):
-                    parts = [sd[f"{d}.{n}.{p}"] for n in names]
-                    fused = torch.cat(parts, dim=0)
-                    out[f"{c}.qkv.{p}"] = fused[..., None] if p == "weight" else fused
-        else:
+                    yield f"{d}.{dn}.{p}", f"{c}.{cn}.{p}"
+        elif kind == "leaf":
             for p in ("weight", "bias"):
-                if f"{d}.{p}" in sd:
-                    out[f"{c}.{p}"] = sd[f"{d}.{p}"]
+                yield f"{d}.{p}", f"{c}.{p}"
+
+
+def diffusers_to_canonical(sd: Mapping[str, torch.Tensor], config: PixelUNetConfig) -> dict[str, torch.Tensor]:
+    """A diffusers ``UNet2DModel`` state dict in canonical names (config.qkv_order must be "split").
+
+    Tensors are the same objects except the fused ``qkv`` (concatenated) and the 1x1 ``proj_out``
+    (a view). Keys the map does not know are left out (the loader then reports what is missing).
+    """
+    out = {c: sd[d] for d, c in _renames(config) if d in sd}
+    for d, c, kind in module_pairs(config):
+        if kind != "attention":
+            continue
+        for dn, cn in _ATTN_NAMES.items():
+            for p in ("weight", "bias"):
+                if f"{d}.{dn}.{p}" in sd:
+                    t = sd[f"{d}.{dn}.{p}"]
+                    out[f"{c}.{cn}.{p}"] = t[..., None] if cn == "proj_out" and p == "weight" else t
+        names = next((n for n in _QKV if f"{d}.{n[0]}.weight" in sd), None)
+        if names is not None:
+            for p in ("weight", "bias"):
+                fused = torch.cat([sd[f"{d}.{n}.{p}"] for n in names], dim=0)
+                out[f"{c}.qkv.{p}"] = fused[..., None] if p == "weight" else fused
     return out
 
 
 def canonical_to_diffusers(sd: Mapping[str, torch.Tensor], config: PixelUNetConfig) -> dict[str, torch.Tensor]:
     """Our canonical state dict in diffusers ``UNet2DModel`` names (current ``to_q``/``to_out.0`` spelling)."""
-    out: dict[str, torch.Tensor] = {}
-    if "time_proj" in sd:
-        out["time_proj.weight"] = sd["time_proj"]
-    if "label_emb.weight" in sd:
-        out["class_embedding.weight"] = sd["label_emb.weight"]
+    out = {d: sd[c] for d, c in _renames(config) if c in sd}
     for d, c, kind in module_pairs(config):
-        if kind == "resnet":
-            for dn, cn in _RESNET.items():
-                for p in ("weight", "bias"):
-                    if f"{c}.{cn}.{p}" in sd:
-                        out[f"{d}.{dn}.{p}"] = sd[f"{c}.{cn}.{p}"]
-        elif kind == "attention":
-            channels = sd[f"{c}.proj_out.weight"].shape[0]
-            heads = config.heads_at(channels)
-            for p in ("weight", "bias"):
-                if f"{c}.norm.{p}" in sd:
-                    out[f"{d}.group_norm.{p}"] = sd[f"{c}.norm.{p}"]
-                proj = sd[f"{c}.proj_out.{p}"]
-                out[f"{d}.to_out.0.{p}"] = proj[..., 0] if p == "weight" else proj
-                qkv = sd[f"{c}.qkv.{p}"]
-                qkv = qkv_to_order(qkv[..., 0] if p == "weight" else qkv, channels, heads, config.qkv_order, "split")
-                for name, part in zip(_QKV[0], qkv.chunk(3, dim=0), strict=True):
-                    out[f"{d}.{name}.{p}"] = part
-        else:
-            for p in ("weight", "bias"):
-                if f"{c}.{p}" in sd:
-                    out[f"{d}.{p}"] = sd[f"{c}.{p}"]
+        if kind != "attention":
+            continue
+        channels = sd[f"{c}.proj_out.weight"].shape[0]
+        heads = config.heads_at(channels)
+        for p in ("weight", "bias"):
+            if f"{c}.norm.{p}" in sd:
+                out[f"{d}.group_norm.{p}"] = sd[f"{c}.norm.{p}"]
+            proj = sd[f"{c}.proj_out.{p}"]
+            out[f"{d}.to_out.0.{p}"] = proj[..., 0] if p == "weight" else proj
+            qkv = sd[f"{c}.qkv.{p}"]
+            qkv = qkv_to_order(qkv[..., 0] if p == "weight" else qkv, channels, heads, config.qkv_order, "split")
+            for name, part in zip(_QKV[0], qkv.chunk(3, dim=0), strict=True):
+                out[f"{d}.{name}.{p}"] = part
     return out
