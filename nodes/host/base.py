@@ -94,6 +94,14 @@ class Host(ABC):
     def progress(self, total: int, node_id: str | None = None) -> ProgressCallback:
         """A callback ``(done, total, message)`` that shows progress to the user."""
 
+    def preview_progress(self, total: int, node_id: str | None = None) -> Any:
+        """A callback ``(done, total, image)`` showing progress and a PIL preview image (or None).
+
+        Default: the plain progress reporter, the preview dropped (standalone hosts show no images).
+        """
+        report = self.progress(total, node_id)
+        return lambda done, total_now, image=None: report(done, total_now)
+
     def check_interrupted(self) -> None:  # noqa: B027 - optional hook: a host without interruption keeps it
         """Raise if the user asked to stop; standalone runs are never interrupted."""
 

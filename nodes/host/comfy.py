@@ -98,6 +98,17 @@ class ComfyHost(Host):
 
         return report
 
+    def preview_progress(self, total: int, node_id: str | None = None) -> Any:
+        import comfy.utils
+
+        bar = comfy.utils.ProgressBar(max(int(total), 1))
+
+        def report(done: int, total_now: int, image: Any = None) -> None:
+            preview = None if image is None else ("JPEG", image, 512)
+            bar.update_absolute(int(done), int(total_now), preview)
+
+        return report
+
     def check_interrupted(self) -> None:
         import comfy.model_management as mm
 

@@ -20,6 +20,10 @@ def describe(spec: CheckpointSpec) -> str:
     elif spec.kind in ("vae", "text_encoder", "unknown"):
         what = {"vae": "VAE only", "text_encoder": "text encoder only", "unknown": "no diffusion UNet found"}
         lines.append(f"kind: {what[spec.kind]}")
+    elif spec.family == "pixel_diffusion":
+        from ..pixel_diffusion.sniffing import report_lines
+
+        lines.extend(report_lines(spec))
     else:
         fam = FAMILY_NAMES.get(spec.family or "", "not a standard SD family (custom or reduced config)")
         kind = "full checkpoint" if spec.kind == "full_checkpoint" else "UNet only"

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CheckpointError
+from ..pixel_diffusion.infer import pixel_layout
+from ..pixel_diffusion.sniffing import fill_spec as fill_pixel_spec
 from .infer_config import (
     SHAPE_FIELDS,
     config_from_diffusers_json,
@@ -279,6 +281,9 @@ def analyse(path: str | Path, entries: Mapping[str, Entry], metadata: Mapping[st
         spec.notes.append("this is a ControlNet (it has input_hint_block / zero_convs / controlnet_cond_embedding "
                           "keys); load it with ComfyUI's Load ControlNet Model (models/controlnet)")
         return spec
+
+    if pixel_layout(entries) is not None:
+        return fill_pixel_spec(spec, entries, metadata, json_config)
 
     found = _find_unet(keys)
     if found is None:

@@ -13,7 +13,8 @@ LAYOUTS = ("ldm", "ldm_prefixed", "diffusers")
 LDM_PREFIX = "model.diffusion_model."
 
 FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "sd1_inpaint": "SD1.x inpainting",
-                "sd2_inpaint": "SD2.x inpainting", "sdxl_inpaint": "SDXL inpainting"}
+                "sd2_inpaint": "SD2.x inpainting", "sdxl_inpaint": "SDXL inpainting",
+                "pixel_diffusion": "pixel diffusion (DDPM family)"}
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class CheckpointSpec:
     family: str | None = None
     layout: str | None = None
     config: UNetConfig | None = None
+    pixel_config: object | None = None                         # a PixelUNetConfig, for family "pixel_diffusion"
     config_source: str = ""                  # "shapes", "shapes + metadata", "config.json"
     unet_prefix: str = ""
     unet_keys: int = 0
@@ -137,6 +139,10 @@ def require_unet(spec: CheckpointSpec) -> CheckpointSpec:
     """``spec`` if the file holds a diffusion UNet; otherwise a CheckpointError saying what it is."""
     if spec.is_unet:
         return spec
+    if spec.family == "pixel_diffusion":
+        raise CheckpointError(spec.path, "this is a pixel-space diffusion U-Net (DDPM family: diffusers UNet2DModel "
+                                         "or guided-diffusion), not an SD1/SD2/SDXL UNet: load it with Load Pixel "
+                                         "Diffusion U-Net and sample it with Sample Pixel Diffusion")
     if spec.kind == "lora":
         fam = FAMILY_NAMES.get(spec.lora_family or "", None)
         what = f"a LoRA for {fam}" if fam else "a LoRA (base model not identified)"

@@ -1,0 +1,1 @@
+"""DDPM-family pixel-space diffusion U-Nets: configs, key maps, the U-Net, schedules, samplers, training."""
