@@ -78,7 +78,7 @@ def main() -> None:
     import importlib
 
     core = type("core", (), {})()
-    core.border_weights = importlib.import_module(f"{pack.__name__}.unet_core.segmentation.border_weights")
+    core.border_weights = importlib.import_module(f"{pack.__name__}.unet_core.segmentation.training.border_weights")
     mask = touching_discs(args.size, args.objects)
     objects = core.border_weights.connected_components(mask)[1]
     core.border_weights.border_weight_map(mask)  # warm-up

@@ -99,8 +99,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     pack = load_core().__name__
     registry = importlib.import_module(f"{pack}.unet_core.segmentation.registry")
-    losses = importlib.import_module(f"{pack}.unet_core.segmentation.losses")
-    train_step = importlib.import_module(f"{pack}.unet_core.segmentation.train_step")
+    losses = importlib.import_module(f"{pack}.unet_core.segmentation.training.losses")
+    train_step = importlib.import_module(f"{pack}.unet_core.segmentation.training.train_step")
     device = torch.device(args.device)
     torch.manual_seed(0)
     initial = registry.build_model(args.architecture, depth=args.depth, base_channels=args.base_channels,

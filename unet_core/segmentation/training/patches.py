@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import InputError
+from ...errors import InputError
 
 CPU_PATCH = 128
 GPU_PATCH = 256

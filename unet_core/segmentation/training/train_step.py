@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..compiling import CompiledCall
-from ..errors import InputError
-from .device_io import SEGMENT_SPEEDS
+from ...compiling import CompiledCall
+from ...errors import InputError
+from ..inference.device_io import SEGMENT_SPEEDS
 from .losses import segmentation_loss
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ import math
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ...errors import InputError
 
 DEFAULT_TOLERANCE = 1e-7
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from unet_lab.unet_core.errors import InputError
-from unet_lab.unet_core.segmentation.losses import segmentation_loss
 from unet_lab.unet_core.segmentation.registry import build_model
-from unet_lab.unet_core.segmentation.train_step import TrainStep, step_options
+from unet_lab.unet_core.segmentation.training.losses import segmentation_loss
+from unet_lab.unet_core.segmentation.training.train_step import TrainStep, step_options
 
 
 def test_options_per_device_and_speed():

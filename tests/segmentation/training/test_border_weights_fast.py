@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unet_lab.unet_core.segmentation.border_weights import (
+from unet_lab.unet_core.segmentation.training.border_weights import (
     border_reach,
     border_weight_map,
     connected_components,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unet_lab.unet_core.errors import InputError
-from unet_lab.unet_core.segmentation.patches import PatchSampler, default_patch_size, hold_out_tile
+from unet_lab.unet_core.segmentation.training.patches import PatchSampler, default_patch_size, hold_out_tile
 
 
 def _sparse(height=60, width=80):
