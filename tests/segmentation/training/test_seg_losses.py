@@ -162,10 +162,27 @@ def test_augment_is_deterministic_and_keeps_image_and_mask_aligned():
     assert not torch.equal(a[0], images)
 
 
+def test_weight_maps_move_with_their_masks():
+    images, masks = _pairs()
+    weights = masks * 4 + 1 + torch.linspace(0, 0.5, 24)[None, None, :]  # distinct per column
+    config = AugmentConfig(brightness=0.0, contrast=0.0)
+    out, out_masks, out_weights = augment_batch(images, masks, config, torch.Generator().manual_seed(5), weights)
+    plain = augment_batch(images, masks, config, torch.Generator().manual_seed(5))
+    assert torch.equal(out, plain[0]) and torch.equal(out_masks, plain[1]) and plain[2] is None
+    assert torch.equal(torch.floor((out_weights - 1) / 4), out_masks)  # the mask part moved with the mask
+    for k in range(len(images)):
+        assert any(torch.equal(out_weights[k], torch.rot90(w, r, (-2, -1)))
+                   for f in (weights[k], weights[k].flip(-1), weights[k].flip(-2), weights[k].flip(-1).flip(-2))
+                   for r in range(4) for w in [f])
+    _, _, warped = augment_batch(images, masks, AugmentConfig(elastic=True, elastic_p=1.0),
+                                 torch.Generator().manual_seed(2), weights)
+    assert warped.shape == weights.shape and float(warped.min()) >= 1.0
+
+
 def test_brightness_contrast_touch_the_image_only():
     images, masks = _pairs()
     config = AugmentConfig(flips=False, rotate90=False, brightness=0.2, contrast=0.2)
-    out, out_masks = augment_batch(images, masks, config, torch.Generator().manual_seed(1))
+    out, out_masks, _ = augment_batch(images, masks, config, torch.Generator().manual_seed(1))
     assert torch.equal(out_masks, masks)
     assert not torch.allclose(out, images)
     assert float(out.min()) >= 0 and float(out.max()) <= 1

@@ -85,6 +85,12 @@ class PatchSampler:
         x = int(torch.randint(1 - pw, width, (), generator=generator))
         return min(max(y, 0), height - ph), min(max(x, 0), width - pw), False
 
+    def crop(self, index: int, y: int, x: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Image [ph, pw, C], mask [ph, pw] and weights [ph, pw] (or None) of the patch at (y, x) of image ``index``."""
+        ph, pw = self.patch
+        weight = None if self.weights is None else self.weights[index][y:y + ph, x:x + pw]
+        return self.images[index][y:y + ph, x:x + pw], self.masks[index][y:y + ph, x:x + pw], weight
+
     def sample(self, batch_size: int, generator: torch.Generator) -> PatchBatch:
         """One batch of ``batch_size`` patches (images channels-first)."""
         ph, pw = self.patch
@@ -93,10 +99,11 @@ class PatchSampler:
         images, masks, weights, origins, centred = [], [], [], [], []
         for slot, index in enumerate(picks):
             y, x, was_centred = self.origin(index, slot >= forced_from, generator)
-            images.append(self.images[index][y:y + ph, x:x + pw])
-            masks.append(self.masks[index][y:y + ph, x:x + pw])
-            if self.weights is not None:
-                weights.append(self.weights[index][y:y + ph, x:x + pw])
+            image, mask, weight = self.crop(index, y, x)
+            images.append(image)
+            masks.append(mask)
+            if weight is not None:
+                weights.append(weight)
             origins.append((index, y, x))
             centred.append(was_centred)
         return PatchBatch(torch.stack(images).permute(0, 3, 1, 2), torch.stack(masks),

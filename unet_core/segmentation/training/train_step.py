@@ -9,14 +9,17 @@
 - ``compiled``: ``fast`` with the model's forward under ``torch.compile`` (through
   :class:`~...compiling.CompiledCall`: a compile failure falls back to eager, once, with a warning).
 
-A :class:`TrainStep` holds the model, the optimiser and those options; calling it runs forward,
-loss (in float32, on the logits cast up), backward and the optimiser step, and returns the
-detached loss. The model's parameters stay float32 throughout.
+A :class:`TrainStep` holds the module to train (the model, or its DistributedDataParallel
+wrapper), the optimiser and those options; calling it runs forward, loss (in float32, on the
+logits cast up; ``loss_fn`` may replace the plain loss, e.g. by the global batch's loss under
+torchrun), backward and the optimiser step, and returns the loss value. The parameters stay
+float32 throughout.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +31,9 @@ from ..inference.device_io import SEGMENT_SPEEDS
 from .losses import segmentation_loss
 
 log = logging.getLogger(__name__)
+
+# (logits float32 [B, K, H, W], target [B, H, W], weights [B, H, W] or None) -> (loss to backward, value)
+LossFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], tuple[torch.Tensor, float]]
 
 
 @dataclass(frozen=True)
@@ -63,21 +69,27 @@ class TrainStep:
     """Forward, loss, backward and AdamW step for ``model`` with ``options`` (see the module docstring)."""
 
     def __init__(self, model: nn.Module, options: StepOptions, lr: float, weight_decay: float,
-                 loss: str = "ce+dice") -> None:
+                 loss: str = "ce+dice", loss_fn: LossFn | None = None) -> None:
         self.model, self.options, self.loss_kind = model, options, loss
+        self.loss_fn = loss_fn or self._plain_loss
         memory_format = torch.channels_last if options.channels_last else torch.preserve_format
         model.to(device=options.device, memory_format=memory_format)
         fused = {"fused": True} if options.fused_optimizer else {}
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, **fused)
         self.forward = CompiledCall(model, "segmentation training forward") if options.compiled else model
 
+    def _plain_loss(self, logits: torch.Tensor, target: torch.Tensor,
+                    weights: torch.Tensor | None) -> tuple[torch.Tensor, float]:
+        loss = segmentation_loss(logits, target, self.loss_kind, weights)
+        return loss, float(loss.detach())
+
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
     def __call__(self, images: torch.Tensor, target: torch.Tensor,
-                 weights: torch.Tensor | None = None) -> torch.Tensor:
-        """One step on images [B, C, H, W] and target [B, H, W] (on any device); the detached float32 loss."""
+                 weights: torch.Tensor | None = None) -> float:
+        """One step on images [B, C, H, W] and target [B, H, W] (on any device); the loss value."""
         options = self.options
         device = options.device
         images = images.to(device, non_blocking=True)
@@ -87,8 +99,8 @@ class TrainStep:
                             enabled=options.autocast_dtype is not None):
             logits = self.forward(images)
         weights = None if weights is None else weights.to(device, non_blocking=True)
-        loss = segmentation_loss(logits.float(), target.to(device, non_blocking=True), self.loss_kind, weights)
+        loss, value = self.loss_fn(logits.float(), target.to(device, non_blocking=True), weights)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return loss.detach()
+        return value
