@@ -16,12 +16,12 @@ from unet_lab.unet_core.segmentation.training.augment import (
     augment_batch,
     elastic_field,
 )
-from unet_lab.unet_core.segmentation.training.losses import (
+from unet_lab.unet_core.segmentation.training.border_weights import (
     border_weight_map,
     connected_components,
-    distance_to,
-    segmentation_loss,
 )
+from unet_lab.unet_core.segmentation.training.border_weights import distance_transform as distance_to
+from unet_lab.unet_core.segmentation.training.losses import segmentation_loss
 
 
 def _random_mask(rng, shape, p):
