@@ -22,7 +22,16 @@ from ..unet_core.segmentation.model import SegUNet
 from ..unet_core.segmentation.registry import ARCHITECTURES, build_model
 from .host import get_host
 from .host.standalone_nodes import PreviewImage
-from .segmentation_common import CATEGORY, FOLDER, SEG_TYPE, check_seg_unet, progress_callback, save_seg_unet
+from .segmentation_common import (
+    CATEGORY,
+    FOLDER,
+    SEG_TYPE,
+    check_save_prefix,
+    check_seg_unet,
+    progress_callback,
+    save_seg_unet,
+    validation_message,
+)
 from .segmentation_train import UNetLabSyntheticSegmentationData, UNetLabTrainSegmentationUNet
 
 log = logging.getLogger(__name__)
@@ -202,6 +211,10 @@ class UNetLabSaveSegmentationUNet:
                                     "appended."}),
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix: str = "unet_lab/segmentation") -> bool | str:
+        return validation_message(check_save_prefix, filename_prefix or "", "Save Segmentation U-Net")
 
     def save(self, seg_unet: Any, filename_prefix: str = "unet_lab/segmentation") -> dict[str, Any]:
         seg = check_seg_unet(seg_unet, "Save Segmentation U-Net")
