@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import tempfile
@@ -30,6 +31,7 @@ from ...unet_core.errors import HostError, InputError
 from ...unet_core.file_modes import make_like_new_file
 from . import get_host
 
+log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -99,6 +101,9 @@ class LoadImage:
         size = None
         for frame in ImageSequence.Iterator(picture):
             frame = ImageOps.exif_transpose(frame)
+            if frame.mode.startswith(("I", "F")) and frame.getextrema()[1] > 255:
+                log.warning("LoadImage: %s has more than 8 bits per sample; like ComfyUI's LoadImage this node "
+                            "clips it to 8 bits (mostly white). Load it with 'Load Image (scientific)' instead", image)
             if frame.mode == "I":
                 frame = frame.point(lambda v: v * (1 / 255))
             rgb = frame.convert("RGB")
