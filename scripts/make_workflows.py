@@ -333,7 +333,7 @@ def train_segmentation_pairs(b: Builder) -> None:
                   folder="my_pairs", patch_size=0, foreground_oversampling=0.33, speed="auto")
     image = b.add("UNetLabLoadImageScientific", image="cells.tif", channel="all", normalization="percentile",
                   low_percentile=1.0, high_percentile=99.8)
-    seg = b.add("UNetLabSegmentImage", tile_size=512, overlap=0.25, flip_tta=False, threshold=-1.0,
+    seg = b.add("UNetLabSegmentImage", tile_size=512, overlap=0.25, flip_tta=True, threshold=-1.0,
                 class_mode="foreground", blend="gaussian")
     to_image = b.add("MaskToImage")
     save_mask = b.add("SaveImage", title="Save mask", filename_prefix="unet_lab/pairs_mask")

@@ -10,34 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fixtures_segpipe import flood_components as _flood
 from unet_lab.unet_core.segmentation.training.border_weights import (
     border_reach,
     border_weight_map,
     connected_components,
     distance_transform,
 )
-
-
-def _flood(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """8-connected components by breadth-first flood fill, pixel by pixel."""
-    h, w = mask.shape
-    labels = np.zeros((h, w), int)
-    count = 0
-    for y in range(h):
-        for x in range(w):
-            if mask[y, x] and not labels[y, x]:
-                count += 1
-                labels[y, x] = count
-                todo = [(y, x)]
-                while todo:
-                    cy, cx = todo.pop()
-                    for dy in (-1, 0, 1):
-                        for dx in (-1, 0, 1):
-                            ny, nx = cy + dy, cx + dx
-                            if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not labels[ny, nx]:
-                                labels[ny, nx] = count
-                                todo.append((ny, nx))
-    return labels, count
 
 
 def _direct(labels: np.ndarray, objects: np.ndarray, count: int, w0: float, sigma: float) -> np.ndarray:

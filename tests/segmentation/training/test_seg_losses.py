@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fixtures_segpipe import flood_components as _flood_components
 from unet_lab.unet_core.segmentation.metrics import dice_score, iou_score
 from unet_lab.unet_core.segmentation.training.augment import (
     AugmentConfig,
@@ -26,30 +27,6 @@ from unet_lab.unet_core.segmentation.training.losses import segmentation_loss
 
 def _random_mask(rng, shape, p):
     return rng.random(shape) < p
-
-
-def _flood_components(mask, connectivity):
-    """Reference: breadth-first flood fill, pixel by pixel."""
-    h, w = mask.shape
-    labels = np.zeros((h, w), int)
-    steps = [(-1, 0), (1, 0), (0, -1), (0, 1)]
-    if connectivity == 8:
-        steps += [(-1, -1), (-1, 1), (1, -1), (1, 1)]
-    count = 0
-    for y in range(h):
-        for x in range(w):
-            if mask[y, x] and not labels[y, x]:
-                count += 1
-                labels[y, x] = count
-                todo = [(y, x)]
-                while todo:
-                    cy, cx = todo.pop()
-                    for dy, dx in steps:
-                        ny, nx = cy + dy, cx + dx
-                        if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not labels[ny, nx]:
-                            labels[ny, nx] = count
-                            todo.append((ny, nx))
-    return labels, count
 
 
 def _same_partition(a, b):
