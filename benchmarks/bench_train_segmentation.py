@@ -24,6 +24,7 @@ import argparse
 import importlib
 import json
 import logging
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -75,7 +76,7 @@ def time_contender(make_step: Callable, batches: list[tuple[torch.Tensor, torch.
         loss = step(*batches[k % len(batches)])
     _sync(device)
     elapsed = time.perf_counter() - start
-    if not torch.isfinite(loss):
+    if not math.isfinite(float(loss)):
         raise RuntimeError("the loss is not finite")
     return steps * batches[0][0].shape[0] / elapsed
 
