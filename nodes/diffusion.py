@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from .host import get_host
-from .host.paths import save_target
+from .host.paths import check_prefix, save_target
 
 # unet_core is imported inside the functions (keeps INPUT_TYPES / pack import cheap).
 
@@ -185,6 +185,16 @@ class UNetLabSaveUNet:
             "dtype": (SAVE_DTYPES, {"default": "keep", "tooltip": (
                 "Dtype of the saved tensors; keep = as the model holds them.")}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix: str = "unet_lab/UNet") -> bool | str:
+        from ..unet_core.errors import HostError, InputError
+
+        try:
+            check_prefix(get_host().save_directory("diffusion_models"), filename_prefix, "Save UNet")
+        except (InputError, HostError) as error:
+            return str(error)
+        return True
 
     def save(self, model: Any, filename_prefix: str, layout: str, dtype: str) -> dict[str, Any]:
         from ..unet_core.checkpoints.writer import next_free_path, save_unet

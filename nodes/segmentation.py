@@ -15,14 +15,23 @@ import torch
 from ..unet_core.errors import HostError
 from ..unet_core.segmentation.checkpoint import SegmentationMeta, load_segmentation
 from ..unet_core.segmentation.inference.device_io import SEGMENT_SPEEDS
-from ..unet_core.segmentation.inference.outputs import compare_masks, overlay
+from ..unet_core.segmentation.inference.outputs import OVERLAY_STYLES, compare_masks, overlay
 from ..unet_core.segmentation.inference.segment import SegmentOptions, segment
 from ..unet_core.segmentation.inference.tiling import BLENDS
 from ..unet_core.segmentation.model import SegUNet
 from ..unet_core.segmentation.registry import ARCHITECTURES, build_model
 from .host import get_host
 from .host.standalone_nodes import PreviewImage
-from .segmentation_common import CATEGORY, FOLDER, SEG_TYPE, check_seg_unet, progress_callback, save_seg_unet
+from .segmentation_common import (
+    CATEGORY,
+    FOLDER,
+    SEG_TYPE,
+    check_save_prefix,
+    check_seg_unet,
+    progress_callback,
+    save_seg_unet,
+    validation_message,
+)
 from .segmentation_train import UNetLabSyntheticSegmentationData, UNetLabTrainSegmentationUNet
 
 log = logging.getLogger(__name__)
@@ -136,6 +145,10 @@ class UNetLabSegmentImage:
                 "ground_truth": ("MASK", {"tooltip": "Optional true masks [B, H, W]: the report then gives Dice "
                                                      "and IoU of the predicted masks."}),
                 "speed": (list(SEGMENT_SPEEDS), {"default": "auto", "tooltip": SPEED_TOOLTIP}),
+                "overlay_style": (list(OVERLAY_STYLES), {"default": "outlines", "tooltip": "How the overlay shows "
+                                  "the masks: a light tint with an outline around every connected object (touching "
+                                  "objects stay apart), the same with a colour per object, or a plain tint. The "
+                                  "MASK outputs are the same either way."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -143,7 +156,7 @@ class UNetLabSegmentImage:
     def segment(self, seg_unet: Any, image: torch.Tensor, tile_size: int = 512, overlap: float = 0.25,
                 flip_tta: bool = False, threshold: float = -1.0, class_mode: str = "foreground",
                 blend: str = "gaussian", ground_truth: torch.Tensor | None = None, speed: str = "auto",
-                unique_id: Any = None) -> dict[str, Any]:
+                overlay_style: str = "outlines", unique_id: Any = None) -> dict[str, Any]:
         seg = check_seg_unet(seg_unet, "Segment Image")
         host = get_host()
         device = host.device()
@@ -164,7 +177,7 @@ class UNetLabSegmentImage:
         finally:
             model.to(original)
             host.release_memory()
-        tinted = overlay(image, result.masks, result.plane_names)
+        tinted = overlay(image, result.masks, result.plane_names, style=overlay_style)
         lines = [f"{image.shape[0]} image(s) {image.shape[2]} x {image.shape[1]} px, {result.tiles} tile pass(es) of "
                  f"up to {result.tile_size} px ({result.tile_batch} per model call, speed {result.speed}), "
                  f"{result.masks.shape[0]} mask plane(s): {sorted(set(result.plane_names))}"]
@@ -202,6 +215,10 @@ class UNetLabSaveSegmentationUNet:
                                     "appended."}),
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix: str = "unet_lab/segmentation") -> bool | str:
+        return validation_message(check_save_prefix, filename_prefix or "", "Save Segmentation U-Net")
 
     def save(self, seg_unet: Any, filename_prefix: str = "unet_lab/segmentation") -> dict[str, Any]:
         seg = check_seg_unet(seg_unet, "Save Segmentation U-Net")

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import copy
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..unet_core.errors import InputError
+from ..unet_core.segmentation.inference.device_io import SEGMENT_SPEEDS
 from ..unet_core.segmentation.model import SegUNet
 from ..unet_core.segmentation.training.augment import AugmentConfig
 from ..unet_core.segmentation.training.data import dataset_from_batches, load_pair_folder
@@ -21,10 +21,20 @@ from ..unet_core.segmentation.training.loop import SCHEDULES, TrainConfig, held_
 from ..unet_core.segmentation.training.losses import LOSSES
 from ..unet_core.segmentation.training.synthetic import make_synthetic
 from .host import get_host
-from .segmentation_common import CATEGORY, SEG_TYPE, check_seg_unet, progress_callback, save_seg_unet
+from .segmentation_common import (
+    CATEGORY,
+    SEG_TYPE,
+    check_save_prefix,
+    check_seg_unet,
+    pairs_folder,
+    progress_callback,
+    save_seg_unet,
+    validation_message,
+)
 
 log = logging.getLogger(__name__)
 
+NODE = "Train Segmentation U-Net"
 AUGMENTATIONS = ("flips+rotations+brightness", "flips+rotations+brightness+elastic", "none")
 SPLITS = ("train", "validation", "test")
 
@@ -32,8 +42,10 @@ SPLITS = ("train", "validation", "test")
 class UNetLabTrainSegmentationUNet:
     DESCRIPTION = ("Trains a segmentation U-Net (a copy: the input model is unchanged) on IMAGE + MASK batches or "
                    "a folder of image/mask pairs (under the input folder; masks/<name>.png or <name>_mask.png). "
-                   "AdamW with cosine decay, cross-entropy + soft Dice, optional U-Net border weights and elastic "
-                   "deformation; a held-out split reports the Dice. Saves to models/unet_segmentation.")
+                   "AdamW with cosine decay on random patches (a share centred on objects), cross-entropy + soft "
+                   "Dice, optional U-Net border weights and elastic deformation; a held-out split (a tile when "
+                   "there is one image) reports the Dice. bf16 on CUDA GPUs. Saves to models/unet_segmentation; "
+                   "the name and folder are checked before training starts.")
     CATEGORY = CATEGORY
     FUNCTION = "train"
     RETURN_TYPES = (SEG_TYPE, "STRING")
@@ -63,7 +75,9 @@ class UNetLabTrainSegmentationUNet:
                                    "U-Net paper's map (w0 = 10, sigma = 5 px): gaps between touching objects count "
                                    "more."}),
                 "validation_fraction": ("FLOAT", {"default": 0.2, "min": 0.0, "max": 0.9, "step": 0.05,
-                                                  "tooltip": "Share of the images held out to report the Dice."}),
+                                                  "tooltip": "Share of the images held out to report the Dice "
+                                                  "(at least one image when above 0; with one image, a strip of "
+                                                  "this share of it). 0: no validation."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seed of the split, "
                                  "batches and augmentation: the same seed gives the same weights on CPU."}),
                 "filename_prefix": ("STRING", {"default": "unet_lab/segmentation", "tooltip": "Save as "
@@ -78,30 +92,41 @@ class UNetLabTrainSegmentationUNet:
                                       "pairs inside the input folder."}),
                 "validation_images": ("IMAGE", {"tooltip": "Optional separate held-out images; replaces the split."}),
                 "validation_masks": ("MASK", {"tooltip": "Masks of validation_images."}),
+                "patch_size": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 8, "tooltip": "Side of the "
+                               "random training patches, px. 0: 128 on the CPU, 256 on a GPU; never larger than "
+                               "the smallest image."}),
+                "foreground_oversampling": ("FLOAT", {"default": 0.33, "min": 0.0, "max": 1.0, "step": 0.01,
+                                            "tooltip": "Share of each batch's patches centred on a foreground "
+                                            "pixel (as nnU-Net); the rest are uniform over the image."}),
+                "speed": (list(SEGMENT_SPEEDS), {"default": "auto", "tooltip": "auto/fast: on a CUDA GPU bf16 "
+                          "autocast, channels_last and fused AdamW (float32 weights); float32 on the CPU. exact: "
+                          "float32 everywhere. compiled: fast under torch.compile (the first steps compile)."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def _folder_dataset(self, folder: str) -> Any:
-        root = get_host().input_directory().resolve()
-        target = (root / folder).resolve()
-        if Path(folder).is_absolute() or (root not in target.parents and target != root):
-            raise InputError(f"Train Segmentation U-Net: folder {folder!r} must be inside the input folder {root}")
-        return load_pair_folder(target)
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix: str = "", folder: str = "") -> bool | str:
+        checked = validation_message(check_save_prefix, filename_prefix, NODE)
+        if checked is True and folder and folder.strip():
+            checked = validation_message(pairs_folder, folder.strip(), NODE)
+        return checked
 
     def train(self, seg_unet: Any, steps: int = 150, batch_size: int = 8, learning_rate: float = 0.003,
               schedule: str = "cosine", loss: str = "ce+dice", augmentation: str = AUGMENTATIONS[0],
               border_weights: bool = False, validation_fraction: float = 0.2, seed: int = 0,
               filename_prefix: str = "unet_lab/segmentation", images: torch.Tensor | None = None,
               masks: torch.Tensor | None = None, folder: str = "", validation_images: torch.Tensor | None = None,
-              validation_masks: torch.Tensor | None = None, unique_id: Any = None) -> dict[str, Any]:
-        seg = check_seg_unet(seg_unet, "Train Segmentation U-Net")
+              validation_masks: torch.Tensor | None = None, patch_size: int = 0,
+              foreground_oversampling: float = 0.33, speed: str = "auto", unique_id: Any = None) -> dict[str, Any]:
+        seg = check_seg_unet(seg_unet, NODE)
+        check_save_prefix(filename_prefix, NODE)  # before any work: a bad name never costs a trained model
         if images is not None or masks is not None:
             if images is None or masks is None:
                 raise InputError("Train Segmentation U-Net: connect both 'images' and 'masks'")
             data = dataset_from_batches(images, masks, "images", "masks")
         elif folder and folder.strip():
-            data = self._folder_dataset(folder.strip())
+            data = load_pair_folder(pairs_folder(folder.strip(), NODE))
         else:
             raise InputError("Train Segmentation U-Net: connect 'images' + 'masks', or name a 'folder' of pairs")
         held_out = None
@@ -114,7 +139,9 @@ class UNetLabTrainSegmentationUNet:
         config = TrainConfig(steps=int(steps), batch_size=int(batch_size), lr=float(learning_rate), schedule=schedule,
                              loss=loss, border_weights=bool(border_weights), augment=augment,
                              val_fraction=0.0 if held_out is not None else float(validation_fraction), seed=int(seed),
-                             normalization=dict(getattr(seg.meta, "normalization", {}) or {}))
+                             normalization=dict(getattr(seg.meta, "normalization", {}) or {}),
+                             patch_size=int(patch_size), foreground_fraction=float(foreground_oversampling),
+                             speed=speed)
         model = copy.deepcopy(seg.model).to(torch.device("cpu"))
         meta = copy.deepcopy(seg.meta)
         host = get_host()

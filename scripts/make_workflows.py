@@ -314,27 +314,33 @@ def segment_image(b: Builder) -> None:
 
 def train_segmentation_pairs(b: Builder) -> None:
     b.note("UNet Lab: train a segmentation U-Net on your own image/mask pairs, then segment an image.\n\n"
-           "Files:\n- input/my_pairs/: the training pairs, image.png with masks/image.png (or image_mask.png "
-           "beside it); masks are 0 = background, anything else = foreground\n"
-           "- input/cells.png: the image to segment\n"
+           "Files:\n- input/my_pairs/: the training pairs, image.tif with masks/image.tif (or image_mask.tif "
+           "beside it), 8/16-bit PNG or TIFF; masks are 0 = background, anything else = foreground (label "
+           "images with one id per object work as they are)\n"
+           "- input/cells.tif: the image to segment (8/16-bit PNG or TIFF)\n"
            "- no model file needed: '(new) unet' builds a fresh U-Net; the trained one is saved to "
            "models/unet_segmentation/unet_lab/pairs_segmentation_NNNNN.safetensors\n\n"
-           "20% of the pairs are held out for validation; the training report gives the loss and Dice.")
-    model = b.add("UNetLabLoadSegmentationUNet", model_name="(new) unet", depth=3, base_channels=16, classes=1,
+           "Training takes 200 steps of 4 random 128 px patches (a third centred on objects). With three "
+           "256 x 256 pairs (three quadrants of a 512 x 512 nuclei image) it finished in 21 s on 2 CPU "
+           "threads; a CUDA GPU trains in bf16 in seconds. Every pair trains (validation_fraction 0); set it to "
+           "0.2 to hold out a fifth of the pairs (at least one; a strip of the image when there is only one) "
+           "and get their Dice in the training report.")
+    model = b.add("UNetLabLoadSegmentationUNet", model_name="(new) unet", depth=3, base_channels=8, classes=1,
                   seed=0)
-    train = b.add("UNetLabTrainSegmentationUNet", steps=300, batch_size=8, learning_rate=0.003, schedule="cosine",
+    train = b.add("UNetLabTrainSegmentationUNet", steps=200, batch_size=4, learning_rate=0.01, schedule="cosine",
                   loss="ce+dice", augmentation="flips+rotations+brightness", border_weights=False,
-                  validation_fraction=0.2, seed=0, filename_prefix="unet_lab/pairs_segmentation",
-                  folder="my_pairs")
-    image = b.add("LoadImage", image="cells.png")
-    seg = b.add("UNetLabSegmentImage", tile_size=512, overlap=0.25, flip_tta=False, threshold=-1.0,
+                  validation_fraction=0.0, seed=0, filename_prefix="unet_lab/pairs_segmentation",
+                  folder="my_pairs", patch_size=0, foreground_oversampling=0.33, speed="auto")
+    image = b.add("UNetLabLoadImageScientific", image="cells.tif", channel="all", normalization="percentile",
+                  low_percentile=1.0, high_percentile=99.8)
+    seg = b.add("UNetLabSegmentImage", tile_size=512, overlap=0.25, flip_tta=True, threshold=-1.0,
                 class_mode="foreground", blend="gaussian")
     to_image = b.add("MaskToImage")
     save_mask = b.add("SaveImage", title="Save mask", filename_prefix="unet_lab/pairs_mask")
     save_overlay = b.add("SaveImage", title="Save overlay", filename_prefix="unet_lab/pairs_overlay")
     b.link(model, "seg_unet", train, "seg_unet")
     b.link(train, "seg_unet", seg, "seg_unet")
-    b.link(image, "IMAGE", seg, "image")
+    b.link(image, "image", seg, "image")
     b.link(seg, "mask", to_image, "mask")
     b.link(to_image, "IMAGE", save_mask, "images")
     b.link(seg, "overlay", save_overlay, "images")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -96,3 +97,27 @@ def current_rss() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise OSError("no VmRSS in /proc/self/status")
+
+
+def flood_components(mask, connectivity: int = 8):
+    """Reference connected components: breadth-first flood fill, pixel by pixel -> (labels, count)."""
+    h, w = mask.shape
+    labels = np.zeros((h, w), int)
+    steps = [(-1, 0), (1, 0), (0, -1), (0, 1)]
+    if connectivity == 8:
+        steps += [(-1, -1), (-1, 1), (1, -1), (1, 1)]
+    count = 0
+    for y in range(h):
+        for x in range(w):
+            if mask[y, x] and not labels[y, x]:
+                count += 1
+                labels[y, x] = count
+                todo = [(y, x)]
+                while todo:
+                    cy, cx = todo.pop()
+                    for dy, dx in steps:
+                        ny, nx = cy + dy, cx + dx
+                        if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not labels[ny, nx]:
+                            labels[ny, nx] = count
+                            todo.append((ny, nx))
+    return labels, count

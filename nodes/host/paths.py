@@ -58,12 +58,13 @@ def list_model_files(roots: Iterable[Path], extensions: tuple[str, ...]) -> list
     return sorted(names, key=str.lower)
 
 
-def save_target(root: Path, prefix: str, node: str) -> Path:
-    """``root/prefix`` for a new file, refusing prefixes that leave ``root``; its folder is created.
+def check_prefix(root: Path, prefix: str, node: str) -> Path:
+    """``root/prefix`` for a new file, refusing prefixes that leave ``root``; creates nothing.
 
     A prefix is a relative name such as ``unet_lab/name`` (no ``..``, not absolute); a sub-folder
-    that is a symbolic link leading out of ``root`` is refused too. The caller adds the
-    numbering and suffix (``writer.next_free_path``).
+    that is a symbolic link leading out of ``root`` is refused too. Nodes call it from
+    ``VALIDATE_INPUTS`` and before heavy work, so a bad name stops the run before anything is
+    computed.
     """
     cleaned = (prefix or "").strip().replace("\\", "/")
     rel = PurePosixPath(cleaned)
@@ -73,5 +74,12 @@ def save_target(root: Path, prefix: str, node: str) -> Path:
     target = root.joinpath(*rel.parts)
     if not _inside(target.parent.resolve(), root.resolve()):
         raise InputError(f"{node}: filename_prefix {prefix!r} leads outside the folder {root}")
+    return target
+
+
+def save_target(root: Path, prefix: str, node: str) -> Path:
+    """``check_prefix``, then the target's folder is created. The caller adds the numbering and
+    suffix (``writer.next_free_path``)."""
+    target = check_prefix(root, prefix, node)
     target.parent.mkdir(parents=True, exist_ok=True)
     return target

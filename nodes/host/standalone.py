@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +73,8 @@ class StandaloneHost(Host):
         self.models_root = Path(models_root or os.environ.get(MODELS_ENV) or "models").absolute()
         self._output = Path(output_dir or os.environ.get(OUTPUT_ENV) or "output").absolute()
         self._input = Path(input_dir or os.environ.get(INPUT_ENV) or "input").absolute()
-        self._temp = Path(temp_dir or Path(tempfile.gettempdir()) / "unet_lab_temp").absolute()
+        self._temp = Path(temp_dir).absolute() if temp_dir else None
+        self._temp_cleanup: weakref.finalize | None = None
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self._device = torch.device(device)
@@ -103,6 +106,10 @@ class StandaloneHost(Host):
         return self._input
 
     def temp_directory(self) -> Path:
+        """The given temp folder, else this host's own fresh one, removed with the host or at exit."""
+        if self._temp is None:
+            self._temp = Path(tempfile.mkdtemp(prefix="unet_lab_temp_")).absolute()
+            self._temp_cleanup = weakref.finalize(self, shutil.rmtree, str(self._temp), True)
         self._temp.mkdir(parents=True, exist_ok=True)
         return self._temp
 

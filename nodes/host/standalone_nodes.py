@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import tempfile
@@ -27,8 +28,10 @@ from PIL import Image, ImageFile, ImageOps, ImageSequence, UnidentifiedImageErro
 from PIL.PngImagePlugin import PngInfo
 
 from ...unet_core.errors import HostError, InputError
+from ...unet_core.file_modes import make_like_new_file
 from . import get_host
 
+log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -98,6 +101,9 @@ class LoadImage:
         size = None
         for frame in ImageSequence.Iterator(picture):
             frame = ImageOps.exif_transpose(frame)
+            if frame.mode.startswith(("I", "F")) and frame.getextrema()[1] > 255:
+                log.warning("LoadImage: %s has more than 8 bits per sample; like ComfyUI's LoadImage this node "
+                            "clips it to 8 bits (mostly white). Load it with 'Load Image (scientific)' instead", image)
             if frame.mode == "I":
                 frame = frame.point(lambda v: v * (1 / 255))
             rgb = frame.convert("RGB")
@@ -179,6 +185,7 @@ def _write_new(path: Path, image: Image.Image, metadata: PngInfo | None, compres
     os.close(handle)
     try:
         image.save(temp, pnginfo=metadata, compress_level=compress_level)
+        make_like_new_file(temp)
         try:
             os.link(temp, path)
         except FileExistsError:
@@ -216,6 +223,16 @@ class SaveImage:
 
     def _prefix(self, prefix: str) -> str:
         return prefix
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix: str = "ComfyUI") -> bool | str:
+        """Refuse a prefix that leads outside the output folder before any node runs (nothing created)."""
+        prefix = os.path.normpath(_expand_prefix(filename_prefix or "", 0, 0))
+        root = Path(get_host().output_directory()).resolve()
+        folder = (root / os.path.dirname(prefix)).resolve()
+        if os.path.isabs(prefix) or os.path.commonpath((str(root), str(folder))) != str(root):
+            return f"SaveImage: filename_prefix {filename_prefix!r} leads outside the output folder {root}"
+        return True
 
     def save_images(self, images: torch.Tensor, filename_prefix: str = "ComfyUI", prompt: Any = None,
                     extra_pnginfo: Any = None) -> dict[str, Any]:

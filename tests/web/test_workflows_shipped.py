@@ -114,6 +114,9 @@ def test_workflow_has_a_note_naming_its_files_and_a_thumbnail(path):
 def test_workflow_converts_and_validates(path, standalone_host, caplog):
     workflow = _load(path)
     _place_model_files(standalone_host, workflow)
+    if path.stem == "unet_lab_train_segmentation_pairs":  # its inputs are checked before it runs
+        (Path(standalone_host.input_directory()) / "my_pairs").mkdir(parents=True)
+        _write_png(Path(standalone_host.input_directory()) / "cells.tif", np.zeros((8, 8, 3), np.uint8))
     executor = Executor(node_classes())
     schemas = executor.schemas()
     for node in workflow["nodes"]:
@@ -238,10 +241,10 @@ def test_train_pairs_workflow_runs_headless_on_a_folder(standalone_host):
         _write_png(pairs / f"img{i}.png", image)
         _write_png(pairs / "masks" / f"img{i}.png", mask)
     image, _ = _disc_pair(rng, 32)
-    _write_png(Path(standalone_host.input_directory()) / "cells.png", image)
+    _write_png(Path(standalone_host.input_directory()) / "cells.tif", image)
     workflow = _load(WORKFLOW_DIR / "unet_lab_train_segmentation_pairs.json")
     train = next(n for n in workflow["nodes"] if n["type"] == "UNetLabTrainSegmentationUNet")
-    assert train["widgets_values"][-1] == "my_pairs"  # the folder input
+    assert train["widgets_values"][-4] == "my_pairs"  # the folder input
     train["widgets_values"][0:2] = [3, 2]  # steps, batch size: a cheap run of the same graph
     load = next(n for n in workflow["nodes"] if n["type"] == "UNetLabLoadSegmentationUNet")
     load["widgets_values"][1:3] = [2, 4]  # depth, base channels

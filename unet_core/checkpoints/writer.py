@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
+from ..file_modes import make_like_new_file
 from ..unet_config import UNetConfig
 from .infer_config import CONFIG_METADATA_KEY, config_to_diffusers_json
 from .keymap import convert_ldm_to_diffusers, diffusers_to_ldm_keymap
@@ -116,6 +117,7 @@ def _atomic_write(target: Path, write, overwrite: bool) -> None:
         write(Path(tmp))
         if target.exists() and not overwrite:  # appeared while we wrote
             raise CheckpointError(target, "a file of that name appeared while saving; refusing to overwrite it")
+        make_like_new_file(tmp)
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):

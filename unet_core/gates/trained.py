@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import GateError
+from ..file_modes import make_like_new_file
 from .additive import AdditiveAttentionGate
 from .levels import SkipBlock, skip_blocks, skip_layout
 
@@ -75,6 +76,7 @@ def save_trained_gates(path: str | Path, gates: dict[str, AdditiveAttentionGate]
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        make_like_new_file(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

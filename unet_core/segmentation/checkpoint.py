@@ -28,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import SegmentationError
+from ..file_modes import make_like_new_file
 from .adapters.registry import registered_adapters
 from .architectures.base import SegmentationUNet
 from .meta import (  # noqa: F401 - the meta names are part of this module's interface
@@ -53,6 +54,7 @@ def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], pat
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        make_like_new_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

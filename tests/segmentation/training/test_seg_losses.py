@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fixtures_segpipe import flood_components as _flood_components
 from unet_lab.unet_core.segmentation.metrics import dice_score, iou_score
 from unet_lab.unet_core.segmentation.training.augment import (
     AugmentConfig,
@@ -16,40 +17,16 @@ from unet_lab.unet_core.segmentation.training.augment import (
     augment_batch,
     elastic_field,
 )
-from unet_lab.unet_core.segmentation.training.losses import (
+from unet_lab.unet_core.segmentation.training.border_weights import (
     border_weight_map,
     connected_components,
-    distance_to,
-    segmentation_loss,
 )
+from unet_lab.unet_core.segmentation.training.border_weights import distance_transform as distance_to
+from unet_lab.unet_core.segmentation.training.losses import segmentation_loss
 
 
 def _random_mask(rng, shape, p):
     return rng.random(shape) < p
-
-
-def _flood_components(mask, connectivity):
-    """Reference: breadth-first flood fill, pixel by pixel."""
-    h, w = mask.shape
-    labels = np.zeros((h, w), int)
-    steps = [(-1, 0), (1, 0), (0, -1), (0, 1)]
-    if connectivity == 8:
-        steps += [(-1, -1), (-1, 1), (1, -1), (1, 1)]
-    count = 0
-    for y in range(h):
-        for x in range(w):
-            if mask[y, x] and not labels[y, x]:
-                count += 1
-                labels[y, x] = count
-                todo = [(y, x)]
-                while todo:
-                    cy, cx = todo.pop()
-                    for dy, dx in steps:
-                        ny, nx = cy + dy, cx + dx
-                        if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not labels[ny, nx]:
-                            labels[ny, nx] = count
-                            todo.append((ny, nx))
-    return labels, count
 
 
 def _same_partition(a, b):
@@ -162,10 +139,27 @@ def test_augment_is_deterministic_and_keeps_image_and_mask_aligned():
     assert not torch.equal(a[0], images)
 
 
+def test_weight_maps_move_with_their_masks():
+    images, masks = _pairs()
+    weights = masks * 4 + 1 + torch.linspace(0, 0.5, 24)[None, None, :]  # distinct per column
+    config = AugmentConfig(brightness=0.0, contrast=0.0)
+    out, out_masks, out_weights = augment_batch(images, masks, config, torch.Generator().manual_seed(5), weights)
+    plain = augment_batch(images, masks, config, torch.Generator().manual_seed(5))
+    assert torch.equal(out, plain[0]) and torch.equal(out_masks, plain[1]) and plain[2] is None
+    assert torch.equal(torch.floor((out_weights - 1) / 4), out_masks)  # the mask part moved with the mask
+    for k in range(len(images)):
+        assert any(torch.equal(out_weights[k], torch.rot90(w, r, (-2, -1)))
+                   for f in (weights[k], weights[k].flip(-1), weights[k].flip(-2), weights[k].flip(-1).flip(-2))
+                   for r in range(4) for w in [f])
+    _, _, warped = augment_batch(images, masks, AugmentConfig(elastic=True, elastic_p=1.0),
+                                 torch.Generator().manual_seed(2), weights)
+    assert warped.shape == weights.shape and float(warped.min()) >= 1.0
+
+
 def test_brightness_contrast_touch_the_image_only():
     images, masks = _pairs()
     config = AugmentConfig(flips=False, rotate90=False, brightness=0.2, contrast=0.2)
-    out, out_masks = augment_batch(images, masks, config, torch.Generator().manual_seed(1))
+    out, out_masks, _ = augment_batch(images, masks, config, torch.Generator().manual_seed(1))
     assert torch.equal(out_masks, masks)
     assert not torch.allclose(out, images)
     assert float(out.min()) >= 0 and float(out.max()) <= 1

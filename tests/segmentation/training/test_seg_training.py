@@ -134,7 +134,10 @@ def test_pair_folder_loading(tmp_path):
     _save_png(folder / "b_mask.png", mask_b)
     data = load_pair_folder(folder)
     assert data.names == ["a.png", "b.png"]
-    torch.testing.assert_close(data.images[0], torch.from_numpy(a).float() / 255)
+    # percentile normalisation per channel (1st..99.8th to 0..1, clipped), as Load Image (scientific)
+    lo, hi = np.percentile(a.reshape(-1, 3).astype(np.float64), [1.0, 99.8], axis=0)
+    expected = np.clip((a - lo) / (hi - lo), 0, 1).astype(np.float32)
+    torch.testing.assert_close(data.images[0], torch.from_numpy(expected), atol=1e-6, rtol=0)
     assert torch.equal(data.masks[1], torch.from_numpy(mask_b).float())
     assert data.images[1].shape == (16, 12, 3)
     # a model trains on the mixed sizes (random crops to the smallest)

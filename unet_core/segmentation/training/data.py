@@ -5,25 +5,32 @@ A folder of pairs is matched by file stem, in this order of preference:
 - ``<folder>/masks/<stem>.<ext>`` for ``<folder>/<stem>.<ext>`` or ``<folder>/images/<stem>.<ext>``;
 - ``<folder>/<stem>_mask.<ext>`` beside ``<folder>/<stem>.<ext>``.
 
-Masks are read as gray: ``mask_mode="binary"`` makes every pixel at or above half the mask's
-maximum possible value foreground (so 0/255 and 0/1 masks both work); ``"labels"`` keeps the
-pixel values as class indices. Every image must have a mask of the same size; anything else
-is a ``SegmentationError`` naming the files.
+Files are read at their own bit depth (:mod:`...imaging`: 8/16-bit and float PNG/TIFF).
+Images are normalised per file as Load Image (scientific) does by default: the 1st..99.8th
+percentiles of each channel map to 0..1, so an 8-bit image and its 16-bit copy train alike
+and nothing is clipped to white. Masks: ``mask_mode="binary"`` makes every pixel whose label is
+above 0 foreground (0/255 and 0/1 masks, and instance label images with any ids, all work);
+``"labels"`` keeps the pixel values as class indices. Every image must have a mask of the same
+size; anything else is an error naming the files.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ...errors import InputError, SegmentationError
+from ...imaging import labels_to_mask, normalise
+from ...imaging import read_image as read_stack
+from ...imaging.labels import label_array
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MASK_MODES = ("binary", "labels")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,7 +86,13 @@ def dataset_from_batches(images: torch.Tensor, masks: torch.Tensor, image_name: 
         raise InputError(f"inputs '{image_name}'/'{mask_name}': NaN or infinite values")
     images = images.float()
     if float(images.max()) > 1.5:
-        images = images / (255.0 if float(images.max()) <= 255 else 65535.0)
+        scale = 255.0 if float(images.max()) <= 255 else 65535.0
+        log.warning("input '%s': values up to %g look like raw pixels; scaled by 1/%g", image_name,
+                    float(images.max()), scale)
+        images = images / scale
+    low, high = float(images.min()), float(images.max())
+    if low < 0.0 or high > 1.0:
+        log.warning("input '%s': values %g..%g lie outside 0..1 and are clipped to it", image_name, low, high)
     images = images.clamp(0, 1)
     count = images.shape[0]
     return SegmentationDataset([images[i].contiguous() for i in range(count)],
@@ -87,45 +100,20 @@ def dataset_from_batches(images: torch.Tensor, masks: torch.Tensor, image_name: 
                                [f"{image_name}[{i}]" for i in range(count)])
 
 
-def read_image(path: Path) -> torch.Tensor:
-    """An image file as [H, W, 3] float 0..1 (16-bit files scaled by their range)."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img, dtype=np.float64)
-                arr = arr / (65535.0 if arr.max() > 255 else 255.0)
-                arr = np.repeat(arr[..., None], 3, axis=-1)
-            else:
-                arr = np.asarray(img.convert("RGB"), dtype=np.float64) / 255.0
-    except (OSError, ValueError) as error:
-        raise SegmentationError(f"{path}: cannot read the image ({error})") from error
-    return torch.from_numpy(arr.astype(np.float32))
+def read_image(path: Path, normalization: str = "percentile") -> torch.Tensor:
+    """An image file as [H, W, 3] float 0..1 (first page; see the module docstring); errors name the file."""
+    result = normalise(read_stack(path), normalization)
+    return result.image[0]
 
 
 def read_mask(path: Path, mode: str = "binary") -> torch.Tensor:
-    """A mask file as [H, W] float: 0/1 (binary) or class indices (labels)."""
+    """A mask file as [H, W] float: 0/1 (binary: label > 0) or class indices (labels)."""
     if mode not in MASK_MODES:
         raise InputError(f"mask mode {mode!r}: expected one of {list(MASK_MODES)}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode == "P" and mode == "labels":
-                arr = np.asarray(img, dtype=np.int64)
-                full = 255
-            elif img.mode.startswith("I"):
-                arr = np.asarray(img, dtype=np.int64)
-                full = 65535 if arr.max() > 255 else 255
-            else:
-                arr = np.asarray(img.convert("L"), dtype=np.int64)
-                full = 255
-    except (OSError, ValueError) as error:
-        raise SegmentationError(f"{path}: cannot read the mask ({error})") from error
+    stack = read_stack(path)
     if mode == "labels":
-        return torch.from_numpy(arr.astype(np.float32))
-    if arr.max() <= 1:
-        return torch.from_numpy((arr > 0).astype(np.float32))
-    return torch.from_numpy((arr >= (full + 1) // 2).astype(np.float32))
+        return torch.from_numpy(label_array(stack)[0].astype(np.float32))
+    return labels_to_mask(stack).mask[0]
 
 
 def find_pairs(folder: Path) -> list[tuple[Path, Path]]:

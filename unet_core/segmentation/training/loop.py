@@ -1,11 +1,15 @@
 """Train a segmentation U-Net on a :class:`~.data.SegmentationDataset`, on the CPU or a GPU.
 
-AdamW, a cosine (with a short linear warm-up) or constant learning rate, random batches of
-training images (cropped to ``patch_size`` when sizes differ), optional augmentation (flips,
-90-degree turns, brightness/contrast, elastic), a loss from :mod:`.losses` with the optional
-border weight map, and a held-out validation split evaluated on whole images with the Dice
-score. All randomness comes from ``seed``: the split from one generator, and each sample of
-each step (image, crop, augmentation) from its own generator seeded by (seed, step, sample), so
+AdamW, a cosine (with a short linear warm-up) or constant learning rate, batches of random
+patches (:mod:`.patches`: ``patch_size`` px, by default from the image sizes and the device;
+a share of each batch centred on foreground), optional augmentation (flips, 90-degree turns,
+brightness/contrast, elastic), a loss from :mod:`.losses` with the optional border weight map
+(built once per training mask, cropped and moved with its patch), and a held-out validation
+split evaluated on whole images with the Dice score; with one image and a validation fraction
+above 0, a tile of that image is held out instead (said in the report). The step
+(:mod:`.train_step`) runs in bf16 autocast with channels_last and fused AdamW on CUDA, float32
+on the CPU. All randomness comes from ``seed``: the split from one generator, and each sample of
+each step (image, patch, augmentation) from its own generator seeded by (seed, step, sample), so
 the same seed and the same starting weights give bitwise the same weights on the CPU.
 
 Under a torchrun job (``unet_core.distributed``) the model trains in DistributedDataParallel:
@@ -32,8 +36,10 @@ from ...errors import InputError, SegmentationError
 from ...progress import ProgressCallback, no_progress
 from ..model import model_channels
 from .augment import AugmentConfig, augment_pair
+from .border_weights import border_weight_map
 from .data import SegmentationDataset
-from .losses import LOSSES, border_weights
+from .losses import LOSSES
+from .patches import PatchSampler, default_patch_size, hold_out_tile
 from .ranks import (
     all_sum,
     batch_share,
@@ -44,6 +50,7 @@ from .ranks import (
     sample_generator,
     sync_buffers,
 )
+from .train_step import TrainStep, step_options
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +75,9 @@ class TrainConfig:
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
     val_fraction: float = 0.2
     seed: int = 0
-    patch_size: int = 0           # 0: whole images (crops to the smallest size when sizes differ)
+    patch_size: int = 0           # 0: from the image sizes and the device (default_patch_size)
+    foreground_fraction: float = 0.33  # share of each batch's patches centred on foreground
+    speed: str = "auto"           # Segment Image's speed names: see train_step.step_options
     threshold: float = 0.5
     normalization: dict[str, Any] | None = None  # {"mean": [...], "std": [...]}; None: 0 and 1
     threads: int = 0              # 0: leave torch's thread count alone
@@ -85,11 +94,17 @@ class TrainResult:
     steps: int
     seconds: float
     loss: float
+    validation: str = ""          # how the validation split was made (or why there is none)
+    setup: str = ""               # patch size, batch and the step's precision and device
 
     def report(self) -> str:
         """A short human-readable summary."""
         lines = [f"trained {self.steps} steps on {self.train_count} image(s) in {self.seconds:.2f} s; "
                  f"final loss {self.loss:.4f}"]
+        if self.setup:
+            lines.append(self.setup)
+        if self.validation:
+            lines.append(self.validation)
         if self.val_dice is not None:
             lines.append(f"held-out Dice {self.val_dice:.4f} on {self.val_count} validation image(s)")
         for h in self.history:
@@ -113,24 +128,17 @@ def _threads(count: int) -> Iterator[None]:
 
 
 def split_indices(count: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train, validation) indices; at least one training image, validation rounded."""
+    """(train, validation) indices; at least one training image, and at least one validation image
+    whenever the fraction is above 0 and there are two or more images (a fraction is never dropped)."""
     if not 0.0 <= val_fraction < 1.0:
         raise InputError(f"validation fraction {val_fraction}: expected 0 <= fraction < 1")
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed + 7919)).tolist()
-    val = min(int(round(count * val_fraction)), count - 1)
+    val = min(max(int(round(count * val_fraction)), 1 if val_fraction > 0 else 0), count - 1)
     return sorted(order[val:]), sorted(order[:val])
 
 
 def _normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     return (images - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-
-
-def _crop(image: torch.Tensor, mask: torch.Tensor, height: int, width: int,
-          generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    h, w = mask.shape
-    y = int(torch.randint(0, h - height + 1, (), generator=generator))
-    x = int(torch.randint(0, w - width + 1, (), generator=generator))
-    return image[y:y + height, x:x + width], mask[y:y + height, x:x + width]
 
 
 def _targets(masks: torch.Tensor, classes: int) -> torch.Tensor:
@@ -220,26 +228,29 @@ def train_segmentation(model: nn.Module, dataset: SegmentationDataset, config: T
         return _train(model, _ordinary_dataset(dataset), config, progress, device)
 
 
-def _samples(train: SegmentationDataset, slots: range, step: int, config: TrainConfig,
-             crop: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's samples of step ``step``: images [b, C, h, w] and masks [b, h, w].
+def _samples(sampler: PatchSampler, slots: range, step: int,
+             config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """This rank's patches of step ``step``: images [b, C, h, w], masks [b, h, w], weights [b, h, w] or None.
 
-    Sample ``slot`` draws its image, crop and augmentation from its own generator
-    (``ranks.sample_generator``), so a step's samples do not depend on how ranks share them.
+    Sample ``slot`` draws its image, patch and augmentation from its own generator
+    (``ranks.sample_generator``), so a step's samples do not depend on how ranks share them; the
+    last ``round(batch * foreground_fraction)`` slots of the global batch are centred on foreground.
     """
-    images, masks = [], []
+    forced_from = config.batch_size - sampler.forced_count(config.batch_size)
+    images, masks, weights = [], [], []
     for slot in slots:
         generator = sample_generator(config.seed, step, slot)
-        index = int(torch.randint(0, len(train), (), generator=generator))
-        image, mask = train.images[index], train.masks[index]
-        if crop is not None:
-            image, mask = _crop(image, mask, crop[0], crop[1], generator)
+        index = int(torch.randint(0, len(sampler.images), (), generator=generator))
+        y, x, _ = sampler.origin(index, slot >= forced_from, generator)
+        image, mask, weight = sampler.crop(index, y, x)
         image = image.permute(2, 0, 1)
         if config.augment is not None:
-            image, mask = augment_pair(image, mask, config.augment, generator)
+            image, mask, weight = augment_pair(image, mask, config.augment, generator, weight)
         images.append(image)
         masks.append(mask)
-    return torch.stack(images), torch.stack(masks)
+        weights.append(weight)
+    stacked = None if weights[0] is None else torch.stack(weights)
+    return torch.stack(images), torch.stack(masks), stacked
 
 
 def _train(model: nn.Module, dataset: SegmentationDataset, config: TrainConfig,
@@ -268,15 +279,17 @@ def _train(model: nn.Module, dataset: SegmentationDataset, config: TrainConfig,
     mean = torch.tensor(norm.get("mean", [0.0] * 3), dtype=torch.float32)
     std = torch.tensor(norm.get("std", [1.0] * 3), dtype=torch.float32)
 
-    train_idx, val_idx = split_indices(len(dataset), config.val_fraction, config.seed)
-    train, val = dataset.subset(train_idx), dataset.subset(val_idx)
+    train, val, validation = split_for_validation(dataset, config.val_fraction, config.seed)
     heights = [m.shape[0] for m in train.masks]
     widths = [m.shape[1] for m in train.masks]
     if config.patch_size > 0:
-        ph, pw = min(config.patch_size, min(heights)), min(config.patch_size, min(widths))
+        patch = (min(config.patch_size, min(heights)), min(config.patch_size, min(widths)))
     else:
-        ph, pw = min(heights), min(widths)
-    crop = any(h != ph for h in heights) or any(w != pw for w in widths)
+        patch = default_patch_size(heights, widths, device)
+    place = (lambda t: t.to(device)) if device.type == "cuda" else (lambda t: t)  # patches cut where the model runs
+    weight_maps = [place(w) for w in _weight_maps(train, classes, config)] if config.border_weights else None
+    sampler = PatchSampler([place(i) for i in train.images], [place(m) for m in train.masks], patch,
+                           config.foreground_fraction, weight_maps)
     epoch_steps = max(1, math.ceil(len(train) / config.batch_size))
     steps = config.steps if config.steps > 0 else max(1, config.epochs) * epoch_steps
     warmup = int(round(steps * config.warmup_fraction)) if config.schedule == "cosine" else 0
@@ -292,31 +305,27 @@ def _train(model: nn.Module, dataset: SegmentationDataset, config: TrainConfig,
     eval_every = max(epoch_steps, math.ceil(steps / max(1, config.evaluations)))
     context = distributed.active()
     share = batch_share(config.batch_size, context)
-    model.to(device).train()
+    options = step_options(device, config.speed)
+    model.to(device, memory_format=torch.channels_last if options.channels_last else torch.preserve_format).train()
     trainee = prepare_model(model, context)
-    optimizer = torch.optim.AdamW(trainee.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    train_step = TrainStep(trainee, options, config.lr, config.weight_decay, config.loss,
+                           loss_fn=lambda logits, target, weights: global_batch_loss(logits, target, config.loss,
+                                                                                     weights, context))
+    setup = (f"patches {patch[1]} x {patch[0]} px, batch {config.batch_size}, "
+             f"{100 * config.foreground_fraction:.0f} % centred on foreground; {options.describe()}")
     history: list[dict[str, float]] = []
     start = time.monotonic()
     loss_value = float("nan")
     with _threads(config.threads):
         for step in range(steps):
-            images, masks = _samples(train, share.slots, step, config, (ph, pw) if crop else None)
-            target = _targets(masks, classes)
-            weights = None
-            if config.border_weights:
-                weights = border_weights(target if classes > 1 else target.long(), config.border_w0,
-                                         config.border_sigma).to(device)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step)
+            images, masks, weights = _samples(sampler, share.slots, step, config)
+            train_step.set_lr(lr_at(step))
             with distributed.guard(f"training step {step + 1}"):
-                logits = trainee(_normalise(images, mean, std).to(device))
-                loss, loss_value = global_batch_loss(logits, target.to(device), config.loss, weights, context)
-                if not math.isfinite(loss_value):
-                    raise SegmentationError(f"training diverged at step {step + 1} (loss {loss_value}); "
-                                            "lower the learning rate")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-            optimizer.step()
+                loss_value = train_step(_normalise(images, place(mean), place(std)), _targets(masks, classes),
+                                        weights)
+            if not math.isfinite(loss_value):
+                raise SegmentationError(f"training diverged at step {step + 1} (loss {loss_value}); "
+                                        "lower the learning rate")
             done = step + 1
             entry: dict[str, float] = {"step": done, "epoch": done / epoch_steps, "loss": loss_value,
                                        "lr": lr_at(step)}
@@ -331,8 +340,36 @@ def _train(model: nn.Module, dataset: SegmentationDataset, config: TrainConfig,
             progress(done, steps, message)
     finish_model(model, trainee, context)
     model.eval()
+    if options.channels_last:
+        model.to(memory_format=torch.contiguous_format)
     val_dice = next((h["val_dice"] for h in reversed(history) if "val_dice" in h), None)
-    return TrainResult(model, history, val_dice, len(train), len(val), steps, time.monotonic() - start, loss_value)
+    return TrainResult(model, history, val_dice, len(train), len(val), steps, time.monotonic() - start, loss_value,
+                       validation, setup)
+
+
+def split_for_validation(dataset: SegmentationDataset, fraction: float,
+                         seed: int) -> tuple[SegmentationDataset, SegmentationDataset, str]:
+    """(train, validation, what was done): whole images held out, or with one image a tile of it."""
+    if fraction <= 0:
+        return dataset, dataset.subset([]), "no validation (validation fraction 0)"
+    if len(dataset) >= 2:
+        train_idx, val_idx = split_indices(len(dataset), fraction, seed)
+        return (dataset.subset(train_idx), dataset.subset(val_idx),
+                f"validation: {len(val_idx)} of {len(dataset)} image(s) held out")
+    split = hold_out_tile(dataset.images[0], dataset.masks[0], fraction)
+    name = dataset.names[0]
+    return (SegmentationDataset([split.train_image], [split.train_mask], [name]),
+            SegmentationDataset([split.val_image], [split.val_mask], [f"{name} (tile)"]),
+            f"validation: one image, so {split.description} of {name} held out as a tile")
+
+
+def _weight_maps(train: SegmentationDataset, classes: int, config: TrainConfig) -> list[torch.Tensor]:
+    """The border weight map of each training mask, once (patches crop it)."""
+    maps = []
+    for mask in train.masks:
+        labels = _targets(mask, classes).long().numpy()
+        maps.append(torch.from_numpy(border_weight_map(labels, config.border_w0, config.border_sigma)))
+    return maps
 
 
 def held_out_dice(model: nn.Module, data: SegmentationDataset, config: TrainConfig,
