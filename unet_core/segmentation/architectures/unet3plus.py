@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import SegmentationError
-from ..blocks import crop_to, make_norm, pad_to_multiple
+from .blocks import crop_to, make_norm, pad_to_multiple
 from .base import COMMON_DEFAULTS, SegmentationUNet
 
 BACKGROUND_LOGIT = 20.0

@@ -7,11 +7,11 @@ import torch
 
 from unet_lab.unet_core.errors import SegmentationError
 from unet_lab.unet_core.segmentation.architectures.unet3d import UNet3D
-from unet_lab.unet_core.segmentation.checkpoint import SegmentationMeta
+from unet_lab.unet_core.segmentation.meta import SegmentationMeta
 from unet_lab.unet_core.segmentation.metrics import iou_score
 from unet_lab.unet_core.segmentation.registry import build_model
-from unet_lab.unet_core.segmentation.volume.segment import segment_volume
-from unet_lab.unet_core.segmentation.volume.sliding_window import (
+from unet_lab.unet_core.segmentation.inference.volume import segment_volume
+from unet_lab.unet_core.segmentation.inference.sliding_window3d import (
     gaussian_window_3d,
     plan_windows,
     run_sliding_window,
@@ -91,7 +91,7 @@ def test_one_slice_volume_works_and_2d_model_is_refused():
 @pytest.mark.slow
 def test_sliding_window_equals_one_pass_on_96x160x160():
     """IoU of the 0.5 masks of a gaussian-blended sliding window and one whole-volume pass >= 0.999."""
-    from unet_lab.unet_core.segmentation.volume.synthetic import make_synthetic_volumes
+    from unet_lab.unet_core.segmentation.training.synthetic_volumes import make_synthetic_volumes
 
     torch.manual_seed(0)
     model = UNet3D.build(depth=2, base_channels=4, norm="group").eval()

@@ -4,7 +4,7 @@ A volume [C, D, H, W] is cut into windows of ``patch = (pd, ph, pw)`` voxels (ea
 the volume; the last window of an axis is aligned to the volume's end, so all windows have one
 size). Windows step by ``patch * (1 - overlap)`` per axis. Each window's class probabilities are
 multiplied by the 3D gaussian window (``w(z, y, x)`` = the product of the per-axis gaussians
-of :func:`~..tiling.gaussian_window`: centre ``(n - 1) / 2``, sigma ``n * 0.125``, max 1, no zero)
+of :func:`~.tiling.gaussian_window`: centre ``(n - 1) / 2``, sigma ``n * 0.125``, max 1, no zero)
 and added into an accumulator with the window itself; the result is the weighted mean.
 
 Memory: windows run one z-row at a time (all windows sharing a z start, ``batch`` per model
@@ -29,7 +29,7 @@ import torch
 
 from ...compiling import is_out_of_memory
 from ...progress import ProgressCallback, no_progress
-from ..tiling import GAUSSIAN_SIGMA_SCALE, tile_starts
+from .tiling import GAUSSIAN_SIGMA_SCALE, tile_starts
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """Segment a volume given as a ComfyUI IMAGE batch of z-slices ([D, H, W, C]) with a 3D model.
 
 The slices are checked and mapped to the model's channels as 2D segmentation does
-(:func:`~..inference.inspect_images`: RGB -> luminance for a one-channel model, values out of
+(:func:`~.images.inspect_images`: RGB -> luminance for a one-channel model, values out of
 0..1 rescaled or refused), normalised with the checkpoint's mean/std, and read one z-slab at a
-time by the 3D sliding window (:mod:`.sliding_window`), so only the slab being segmented is
+time by the 3D sliding window (:mod:`.sliding_window3d`), so only the slab being segmented is
 ever converted to float model input. ``D = 1`` (a 2D image) works: the window is one slice deep
 and the model pads z itself.
 
@@ -26,8 +26,11 @@ from torch import nn
 
 from ...errors import InputError, SegmentationError
 from ...progress import ProgressCallback
-from ..inference import inspect_images, make_predictor, model_channels, overlay, to_model_input
-from .sliding_window import plan_windows, run_sliding_window
+from ..model import model_channels
+from .images import inspect_images, to_model_input
+from .outputs import overlay
+from .predictor import make_predictor
+from .sliding_window3d import plan_windows, run_sliding_window
 
 log = logging.getLogger(__name__)
 

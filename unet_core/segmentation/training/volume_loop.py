@@ -4,11 +4,11 @@ Volumes are (IMAGE [D, H, W, C], MASK [D, H, W]) pairs. Each volume is mapped to
 channels and normalised once (as inference does), then every step draws ``batch_size`` patches
 of ``patch`` voxels (clipped to the volume): a share ``foreground_fraction`` of them centred on
 a random foreground voxel (so thin structures are seen often), the rest anywhere. Patches are
-augmented by :func:`.augment.augment_volume` and fed to the model; the loss is the 2D trainer's
-:func:`~..losses.segmentation_loss` (the volume's depth is folded into the height axis, which
+augmented by :func:`.augment3d.augment_volume` and fed to the model; the loss is the 2D trainer's
+:func:`~.losses.segmentation_loss` (the volume's depth is folded into the height axis, which
 leaves per-voxel cross-entropy and the pooled soft Dice unchanged). AdamW with the 2D trainer's
 cosine schedule and warm-up; held-out volumes (``split_indices``) are scored by Dice of a full
-sliding-window pass (:func:`.segment.segment_volume`). Deterministic for ``seed`` on CPU.
+sliding-window pass (:func:`..inference.volume.segment_volume`). Deterministic for ``seed`` on CPU.
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ from torch import nn
 
 from ...errors import InputError, SegmentationError
 from ...progress import ProgressCallback, no_progress
-from ..augment import AugmentConfig
-from ..inference import inspect_images, model_channels, to_model_input
-from ..losses import segmentation_loss
+from ..inference.images import inspect_images, to_model_input
+from ..inference.volume import segment_volume
 from ..metrics import dice_score
-from ..train import TrainResult, split_indices
-from .augment import augment_volume
-from .segment import segment_volume
+from ..model import model_channels
+from .augment import AugmentConfig
+from .augment3d import augment_volume
+from .loop import TrainResult, split_indices
+from .losses import segmentation_loss
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ and an elastic deformation (a random displacement field per voxel, smoothed by a
 with ``elastic_per_slice``, in-plane only with no z displacement, for anisotropic stacks),
 applied with ``F.grid_sample`` (trilinear for the image, nearest for the mask). Intensity
 changes touch the image only: brightness shift and contrast gain as in 2D
-(:class:`~..augment.AugmentConfig` holds their sizes and the elastic settings).
+(:class:`~.augment.AugmentConfig` holds their sizes and the elastic settings).
 In-plane rotations by 90 or 270 degrees need square patches; others keep the 0/180 choice.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..augment import AugmentConfig, gaussian_kernel1d
+from .augment import AugmentConfig, gaussian_kernel1d
 
 
 def smooth3d(field: torch.Tensor, sigma: float) -> torch.Tensor:

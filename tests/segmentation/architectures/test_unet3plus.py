@@ -35,7 +35,7 @@ from unet_lab.unet_core.segmentation.architectures.unet3plus import (
     side_weights,
 )
 
-FIXTURE = Path(__file__).resolve().parents[1] / "data" / "unet3plus_reference.safetensors"
+FIXTURE = Path(__file__).resolve().parents[2] / "data" / "unet3plus_reference.safetensors"
 
 
 def build(**hparams) -> UNet3Plus:

@@ -27,7 +27,7 @@ from unet_lab.unet_core.segmentation.adapters.pytorch3dunet import (
     pytorch3dunet_hparams,
 )
 
-FIXTURE = Path(__file__).resolve().parents[1] / "data" / "pytorch3dunet_reference.safetensors"
+FIXTURE = Path(__file__).resolve().parents[2] / "data" / "pytorch3dunet_reference.safetensors"
 
 
 def _state(data: dict, prefix: str) -> dict[str, torch.Tensor]:

@@ -1,1 +1,0 @@
-"""Volumes: 3D sliding-window inference, synthetic volumes, 3D augmentation and training."""
