@@ -7,15 +7,15 @@ import torch
 
 from unet_lab.unet_core.errors import SegmentationError
 from unet_lab.unet_core.segmentation.architectures.unet3d import UNet3D
-from unet_lab.unet_core.segmentation.meta import SegmentationMeta
-from unet_lab.unet_core.segmentation.metrics import iou_score
-from unet_lab.unet_core.segmentation.registry import build_model
-from unet_lab.unet_core.segmentation.inference.volume import segment_volume
 from unet_lab.unet_core.segmentation.inference.sliding_window3d import (
     gaussian_window_3d,
     plan_windows,
     run_sliding_window,
 )
+from unet_lab.unet_core.segmentation.inference.volume import segment_volume
+from unet_lab.unet_core.segmentation.meta import SegmentationMeta
+from unet_lab.unet_core.segmentation.metrics import iou_score
+from unet_lab.unet_core.segmentation.registry import build_model
 
 
 def test_gaussian_window_is_the_product_of_axis_gaussians():

@@ -9,8 +9,8 @@ import torch
 
 from unet_lab.unet_core.errors import SegmentationError
 from unet_lab.unet_core.segmentation.architectures.unet3d import UNet3D
-from unet_lab.unet_core.segmentation.training.augment import AugmentConfig
 from unet_lab.unet_core.segmentation.registry import build_model
+from unet_lab.unet_core.segmentation.training.augment import AugmentConfig
 from unet_lab.unet_core.segmentation.training.augment3d import augment_volume, smooth3d
 from unet_lab.unet_core.segmentation.training.synthetic_volumes import make_synthetic_volumes
 from unet_lab.unet_core.segmentation.training.volume_loop import VolumeTrainConfig, train_volumes, volume_dice

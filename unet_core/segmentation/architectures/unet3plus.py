@@ -49,8 +49,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import SegmentationError
-from .blocks import crop_to, make_norm, pad_to_multiple
 from .base import COMMON_DEFAULTS, SegmentationUNet
+from .blocks import crop_to, make_norm, pad_to_multiple
 
 BACKGROUND_LOGIT = 20.0
 SIDE_WEIGHT_RATIO = 1.0  # side head weight = SIDE_WEIGHT_RATIO / (depth + 1)
