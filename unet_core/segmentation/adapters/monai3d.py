@@ -33,6 +33,10 @@ from torch import nn
 from ...errors import SegmentationError
 from ..architectures.base import SegmentationUNet
 from ..architectures.unet3d import pad_volume
+from ..meta import SegmentationMeta
+from ..registry import build_model
+from ..weights import load_weights_into
+from .registry import CheckpointAdapter, register_adapter
 
 MONAI_NORMS = ("instance", "instance_affine", "batch")
 
@@ -163,21 +167,21 @@ class MonaiBasicUNet(_Volume3DAdapter):
 
     architecture = "monai_basic_unet"
     defaults: dict[str, Any] = {"in_channels": 1, "out_channels": 2, "features": [32, 32, 64, 128, 256, 32],
-                                "norm": "instance_affine", "pad_mode": "reflect"}
+                                "norm_layer": "instance_affine", "pad_mode": "reflect"}
 
     @staticmethod
     def validate(cfg: dict[str, Any]) -> None:
         f = cfg["features"]
         if not isinstance(f, list | tuple) or len(f) != 6 or not all(isinstance(v, int) and v > 0 for v in f):
             raise SegmentationError(f"monai_basic_unet: features={f!r} must be 6 positive widths")
-        if cfg["norm"] not in MONAI_NORMS:
-            raise SegmentationError(f"monai_basic_unet: norm {cfg['norm']!r} must be one of {list(MONAI_NORMS)}")
+        if cfg["norm_layer"] not in MONAI_NORMS:
+            raise SegmentationError(f"monai_basic_unet: norm {cfg['norm_layer']!r} must be one of {list(MONAI_NORMS)}")
 
     def __init__(self, **config: Any) -> None:
         cfg = {**self.defaults, **config}
         cfg["features"] = [int(v) for v in cfg["features"]]
         super().__init__(cfg)
-        f, norm = cfg["features"], cfg["norm"]
+        f, norm = cfg["features"], cfg["norm_layer"]
         self.conv_0 = TwoConv(cfg["in_channels"], f[0], norm)
         for i in range(1, 5):
             setattr(self, f"down_{i}", Down(f[i - 1], f[i], norm))
@@ -207,7 +211,7 @@ class MonaiUNet(_Volume3DAdapter):
 
     architecture = "monai_unet"
     defaults: dict[str, Any] = {"in_channels": 1, "out_channels": 2, "channels": [16, 32, 64, 128, 256],
-                                "strides": [2, 2, 2, 2], "num_res_units": 2, "norm": "instance", "act": "prelu",
+                                "strides": [2, 2, 2, 2], "num_res_units": 2, "norm_layer": "instance", "act": "prelu",
                                 "pad_mode": "reflect"}
 
     @staticmethod
@@ -215,14 +219,14 @@ class MonaiUNet(_Volume3DAdapter):
         c, s = cfg["channels"], cfg["strides"]
         if not isinstance(c, list | tuple) or len(c) < 2 or not isinstance(s, list | tuple) or len(s) != len(c) - 1:
             raise SegmentationError(f"monai_unet: channels={c!r} needs 2+ widths and strides={s!r} one fewer")
-        if cfg["norm"] not in MONAI_NORMS or cfg["act"] not in ("prelu", "leakyrelu"):
-            raise SegmentationError(f"monai_unet: norm {cfg['norm']!r} / act {cfg['act']!r} not supported")
+        if cfg["norm_layer"] not in MONAI_NORMS or cfg["act"] not in ("prelu", "leakyrelu"):
+            raise SegmentationError(f"monai_unet: norm {cfg['norm_layer']!r} / act {cfg['act']!r} not supported")
 
     def __init__(self, **config: Any) -> None:
         cfg = {**self.defaults, **config}
         cfg["channels"], cfg["strides"] = [int(v) for v in cfg["channels"]], [int(v) for v in cfg["strides"]]
         super().__init__(cfg)
-        res, norm, act = cfg["num_res_units"], cfg["norm"], cfg["act"]
+        res, norm, act = cfg["num_res_units"], cfg["norm_layer"], cfg["act"]
 
         def down(cin: int, cout: int, stride: int) -> nn.Module:
             if res > 0:
@@ -284,7 +288,7 @@ def monai_hparams(state: Mapping[str, torch.Tensor], kind: str, where: str = "")
                                              for i in range(1, 5)]
             feats.append(int(state["upcat_1.convs.conv_0.conv.weight"].shape[0]))
             return {"in_channels": int(first.shape[1]), "out_channels": int(state["final_conv.weight"].shape[0]),
-                    "features": feats, "norm": _norm_kind(state, "conv_0.conv_0.adn.N.")}
+                    "features": feats, "norm_layer": _norm_kind(state, "conv_0.conv_0.adn.N.")}
         res_units = "model.0.conv.unit0.conv.weight" in state
         channels, strides, prefix = [], [], "model."
         first = state["model.0.conv.unit0.conv.weight" if res_units else "model.0.conv.weight"]
@@ -306,7 +310,23 @@ def monai_hparams(state: Mapping[str, torch.Tensor], kind: str, where: str = "")
         norm_prefix = "model.0.conv.unit0.adn.N." if res_units else "model.0.adn.N."
         act_key = ("model.0.conv.unit0.adn.A.weight" if res_units else "model.0.adn.A.weight")
         return {"in_channels": int(first.shape[1]), "out_channels": int(top_up.shape[1]), "channels": channels,
-                "strides": strides, "num_res_units": units, "norm": _norm_kind(state, norm_prefix),
+                "strides": strides, "num_res_units": units, "norm_layer": _norm_kind(state, norm_prefix),
                 "act": "prelu" if act_key in state else "leakyrelu"}
     except KeyError as exc:
         raise SegmentationError(f"{where}: looks like a MONAI {kind} state dict but lacks {exc}") from None
+
+
+def read_state_dict(tensors: dict[str, torch.Tensor], extras: dict[str, Any],
+                    where: str) -> tuple[SegmentationUNet, SegmentationMeta] | None:
+    """A MONAI BasicUNet/UNet (3D) with these weights, or None when the keys are not MONAI's."""
+    kind = sniff_monai(tensors)
+    if kind is None:
+        return None
+    model = build_model(kind, **monai_hparams(tensors, kind, where))
+    load_weights_into(model, tensors, where)
+    return model, SegmentationMeta.for_model(model, source="monai")
+
+
+ADAPTER = register_adapter(CheckpointAdapter(
+    "monai3d", "a MONAI BasicUNet or UNet state dict with spatial_dims=3 (conv_0.conv_0..., upcat_N...; "
+    "model.0.conv.unit0...)", read_state_dict=read_state_dict))

@@ -36,6 +36,10 @@ from torch import nn
 from ...errors import SegmentationError
 from ..architectures.base import SegmentationUNet
 from ..architectures.unet3d import pad_volume
+from ..meta import SegmentationMeta
+from ..registry import build_model
+from ..weights import load_weights_into
+from .registry import CheckpointAdapter, register_adapter
 
 VARIANTS = ("UNet3D", "ResidualUNet3D")
 
@@ -232,3 +236,18 @@ def pytorch3dunet_hparams(state: Mapping[str, torch.Tensor], where: str = "") ->
         residual and "encoders.0.basic_module.conv1.weight" in state) else state[f"{prefix}conv.weight"].shape[1]
     return {"in_channels": int(in_ch), "out_channels": int(final.shape[0]),
             "variant": "ResidualUNet3D" if residual else "UNet3D", "f_maps": f_maps, "layer_order": order}
+
+
+def read_state_dict(tensors: dict[str, torch.Tensor], extras: dict[str, Any],
+                    where: str) -> tuple[SegmentationUNet, SegmentationMeta] | None:
+    """A :class:`PyTorch3DUNet` with these weights, or None when the keys are not pytorch-3dunet's."""
+    if not looks_like_pytorch3dunet(tensors):
+        return None
+    model = build_model("pytorch3dunet", **pytorch3dunet_hparams(tensors, where))
+    load_weights_into(model, tensors, where)
+    return model, SegmentationMeta.for_model(model, source="pytorch-3dunet")
+
+
+ADAPTER = register_adapter(CheckpointAdapter(
+    "pytorch3dunet", "a pytorch-3dunet UNet3D/ResidualUNet3D (encoders.N.basic_module..., final_conv; "
+    "model_state_dict)", read_state_dict=read_state_dict))

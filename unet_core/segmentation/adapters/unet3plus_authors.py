@@ -19,6 +19,11 @@ from typing import Any
 import torch
 
 from ...errors import SegmentationError
+from ..architectures.base import SegmentationUNet
+from ..meta import SegmentationMeta
+from ..registry import build_model
+from ..weights import load_weights_into
+from .registry import CheckpointAdapter, register_adapter
 
 MARKER_KEYS = ("conv1.conv1.0.weight", "h1_Cat_hd1_conv.weight", "outconv1.weight")
 
@@ -84,3 +89,19 @@ def unet3plus_authors_hparams(state: Mapping[str, torch.Tensor], where: str = ""
         }
     except (KeyError, IndexError, AttributeError) as exc:
         raise SegmentationError(f"{where}: looks like a U-Net 3+ state dict (authors' layout) but lacks {exc}") from None
+
+
+def read_state_dict(tensors: dict[str, torch.Tensor], extras: dict[str, Any],
+                    where: str) -> tuple[SegmentationUNet, SegmentationMeta] | None:
+    """A ``unet3plus`` model with the authors' weights (renamed), or None when the keys are not theirs."""
+    tensors = strip_module_prefix(tensors)
+    if not looks_like_unet3plus_authors(tensors):
+        return None
+    model = build_model("unet3plus", **unet3plus_authors_hparams(tensors, where))
+    load_weights_into(model, rename_unet3plus_authors(tensors, where), where)
+    return model, SegmentationMeta.for_model(model, source="unet3plus_authors")
+
+
+ADAPTER = register_adapter(CheckpointAdapter(
+    "unet3plus_authors", "a U-Net 3+ state dict of the authors' code (conv1.conv1..., h1_PT_hd4_conv..., outconv1)",
+    read_state_dict=read_state_dict))

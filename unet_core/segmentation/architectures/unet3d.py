@@ -113,6 +113,7 @@ class UNet3D(SegmentationUNet):
 
     architecture = "unet3d"
     spatial_dims = 3
+    upsamplings = UPSAMPLINGS_3D
     defaults: dict[str, Any] = {**COMMON_DEFAULTS, "in_channels": 1, "depth": 3, "base_channels": 16,
                                 "residual": False, "pool_z": None}
 
@@ -131,10 +132,8 @@ class UNet3D(SegmentationUNet):
 
     @classmethod
     def build(cls, **hparams: Any) -> UNet3D:
-        """Validated construction (defaults filled in), as the registry does for the 2D models."""
-        upsampling = hparams.pop("upsampling", cls.defaults["upsampling"])
-        defaults = {k: v for k, v in cls.defaults.items() if k != "upsampling"}
-        cfg = {**resolve_hparams(cls.architecture, defaults, hparams), "upsampling": upsampling}
+        """Validated construction (defaults filled in), as the registry's ``build_model("unet3d", ...)``."""
+        cfg = resolve_hparams(cls.architecture, cls.defaults, hparams, UPSAMPLINGS_3D)
         cls.validate(cfg)
         return cls(**cfg)
 

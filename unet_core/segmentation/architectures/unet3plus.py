@@ -178,7 +178,16 @@ class UNet3Plus(SegmentationUNet):
         return self.outputs(x).heads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval: the full-resolution head. Training with deep supervision: the heads' weighted mean
+        (so a plain loss on the output still reaches every head; the trainer uses :meth:`supervised_loss`)."""
+        if self.training and len(self.heads) > 1:
+            out = self.outputs(x)
+            return sum(w * h for w, h in zip(out.weights, out.heads, strict=True)) / sum(out.weights)
         return SegmentationUNet.forward_heads(self, x)[0]
+
+    def supervised_loss(self, x: torch.Tensor, target: torch.Tensor, loss_fn: Any) -> torch.Tensor:
+        """The deep-supervision training loss (:func:`deep_supervision_loss`) of input ``x``."""
+        return deep_supervision_loss(self.outputs(x), target, loss_fn)
 
 
 def deep_supervision_loss(outputs: UNet3PlusOutputs, target: torch.Tensor,

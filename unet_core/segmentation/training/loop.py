@@ -261,8 +261,12 @@ def _train(model: nn.Module, dataset: SegmentationDataset, config: TrainConfig,
                                          config.border_sigma).to(device)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
-            logits = model(_normalise(images, mean, std).to(device))
-            loss = segmentation_loss(logits, target.to(device), config.loss, weights)
+            inputs, target = _normalise(images, mean, std).to(device), target.to(device)
+            supervised = getattr(model, "supervised_loss", None)  # deep supervision (U-Net 3+): every head
+            if supervised is not None:
+                loss = supervised(inputs, target, lambda h, t: segmentation_loss(h, t, config.loss, weights))
+            else:
+                loss = segmentation_loss(model(inputs), target, config.loss, weights)
             if not torch.isfinite(loss):
                 raise SegmentationError(f"training diverged at step {step + 1} (loss {float(loss)}); "
                                         "lower the learning rate")
