@@ -12,6 +12,7 @@ on the CPU.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -264,7 +265,8 @@ def _train(model: nn.Module, dataset: SegmentationDataset, config: TrainConfig,
             inputs, target = _normalise(images, mean, std).to(device), target.to(device)
             supervised = getattr(model, "supervised_loss", None)  # deep supervision (U-Net 3+): every head
             if supervised is not None:
-                loss = supervised(inputs, target, lambda h, t: segmentation_loss(h, t, config.loss, weights))
+                loss = supervised(inputs, target, functools.partial(segmentation_loss, kind=config.loss,
+                                                                    pixel_weights=weights))
             else:
                 loss = segmentation_loss(model(inputs), target, config.loss, weights)
             if not torch.isfinite(loss):
