@@ -19,13 +19,14 @@ loader) load strictly:
   model here: ``forward`` returns the logits (what their ``return_logits=True`` gives).
 
 Not in the weights and taken from the hyper-parameters (the library's defaults unless told):
-``num_groups`` (8; a norm over fewer channels than that uses 1 group), the non-linearity of
-``layer_order``. Where the norm sits (before or after the conv) is read off the norm's width
+``num_groups`` (8, or the largest of 4, 2, 1 that splits every GroupNorm width when 8 does not;
+a norm over fewer channels than that uses 1 group), the non-linearity of ``layer_order``. Where the norm sits (before or after the conv) is read off the norm's width
 where the first conv changes the width (``UNet3D``), else taken as the library default (before).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,6 +41,8 @@ from ..meta import SegmentationMeta
 from ..registry import build_model
 from ..weights import load_weights_into
 from .registry import CheckpointAdapter, register_adapter
+
+log = logging.getLogger(__name__)
 
 VARIANTS = ("UNet3D", "ResidualUNet3D")
 
@@ -234,8 +237,14 @@ def pytorch3dunet_hparams(state: Mapping[str, torch.Tensor], where: str = "") ->
     order += "r"
     in_ch = state["encoders.0.basic_module.conv1.weight"].shape[1] if (
         residual and "encoders.0.basic_module.conv1.weight" in state) else state[f"{prefix}conv.weight"].shape[1]
+    widths = [int(v.shape[0]) for k, v in state.items() if k.endswith("groupnorm.weight")]
+    groups = next(g for g in (8, 4, 2, 1) if all(w < g or w % g == 0 for w in widths))
+    if groups != 8:
+        log.warning("%s: GroupNorm widths %s do not split into 8 groups (the library default); using %d",
+                    where, sorted(set(widths)), groups)
     return {"in_channels": int(in_ch), "out_channels": int(final.shape[0]),
-            "variant": "ResidualUNet3D" if residual else "UNet3D", "f_maps": f_maps, "layer_order": order}
+            "variant": "ResidualUNet3D" if residual else "UNet3D", "f_maps": f_maps, "layer_order": order,
+            "num_groups": groups}
 
 
 def read_state_dict(tensors: dict[str, torch.Tensor], extras: dict[str, Any],
