@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib
 
-NODE_MODULES: tuple[str, ...] = ("diffusion", "lora", "gates", "acceleration", "segmentation")
+NODE_MODULES: tuple[str, ...] = ("diffusion", "lora", "gates", "acceleration", "segmentation",
+                                  "segmentation_volume")
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

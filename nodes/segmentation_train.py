@@ -20,6 +20,7 @@ from ..unet_core.segmentation.training.data import dataset_from_batches, load_pa
 from ..unet_core.segmentation.training.loop import SCHEDULES, TrainConfig, held_out_dice, train_segmentation
 from ..unet_core.segmentation.training.losses import LOSSES
 from ..unet_core.segmentation.training.synthetic import make_synthetic
+from ..unet_core.segmentation.training.volume_loop import VolumeTrainConfig, split_volumes, train_volumes, volume_dice
 from .host import get_host
 from .segmentation_common import CATEGORY, SEG_TYPE, check_seg_unet, progress_callback, save_seg_unet
 
@@ -78,6 +79,13 @@ class UNetLabTrainSegmentationUNet:
                                       "pairs inside the input folder."}),
                 "validation_images": ("IMAGE", {"tooltip": "Optional separate held-out images; replaces the split."}),
                 "validation_masks": ("MASK", {"tooltip": "Masks of validation_images."}),
+                "volume_depth": ("INT", {"default": 0, "min": 0, "max": 4096, "tooltip": "3D models only: slices "
+                                 "per volume, to cut the images batch into volumes (Synthetic Volume Data's depth); "
+                                 "0 = the whole batch is one volume."}),
+                "patch_depth": ("INT", {"default": 16, "min": 1, "max": 512, "tooltip": "3D models only: depth "
+                                "of the random training patches, in slices."}),
+                "patch_size": ("INT", {"default": 48, "min": 8, "max": 1024, "step": 8, "tooltip": "3D models "
+                               "only: height and width of the random training patches, px."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -94,8 +102,14 @@ class UNetLabTrainSegmentationUNet:
               border_weights: bool = False, validation_fraction: float = 0.2, seed: int = 0,
               filename_prefix: str = "unet_lab/segmentation", images: torch.Tensor | None = None,
               masks: torch.Tensor | None = None, folder: str = "", validation_images: torch.Tensor | None = None,
-              validation_masks: torch.Tensor | None = None, unique_id: Any = None) -> dict[str, Any]:
+              validation_masks: torch.Tensor | None = None, volume_depth: int = 0, patch_depth: int = 16,
+              patch_size: int = 48, unique_id: Any = None) -> dict[str, Any]:
         seg = check_seg_unet(seg_unet, "Train Segmentation U-Net")
+        if int(getattr(seg.model, "spatial_dims", 2)) == 3:
+            return self._train_volumes(seg, images, masks, validation_images, validation_masks, int(volume_depth),
+                                       (int(patch_depth), int(patch_size), int(patch_size)), int(steps),
+                                       int(batch_size), float(learning_rate), loss, augmentation,
+                                       float(validation_fraction), int(seed), filename_prefix, unique_id)
         if images is not None or masks is not None:
             if images is None or masks is None:
                 raise InputError("Train Segmentation U-Net: connect both 'images' and 'masks'")
@@ -135,6 +149,44 @@ class UNetLabTrainSegmentationUNet:
             lines.append(f"saved to {path}")
         report = "\n".join(lines)
         log.info("Train Segmentation U-Net: %s", report)
+        return {"ui": {"text": [report]}, "result": (trained, report)}
+
+
+    def _train_volumes(self, seg: SegUNet, images: torch.Tensor | None, masks: torch.Tensor | None,
+                       val_images: torch.Tensor | None, val_masks: torch.Tensor | None, depth: int,
+                       patch: tuple[int, int, int], steps: int, batch_size: int, lr: float, loss: str,
+                       augmentation: str, val_fraction: float, seed: int, filename_prefix: str,
+                       unique_id: Any) -> dict[str, Any]:
+        """The 3D path: volumes cut from the batches, random 3D patches, 3D augmentation."""
+        if images is None or masks is None:
+            raise InputError("Train Segmentation U-Net: a 3D model trains on volumes: connect 'images' and 'masks' "
+                             "(z-slices, e.g. from Synthetic Volume Data)")
+        volumes = split_volumes(images, masks, depth, "images")
+        held_out = None if val_images is None or val_masks is None else split_volumes(val_images, val_masks, depth,
+                                                                                       "validation_images")
+        augment = None if augmentation == "none" else AugmentConfig(elastic="elastic" in augmentation)
+        config = VolumeTrainConfig(steps=steps, batch_size=batch_size, patch=patch, lr=lr, loss=loss,
+                                   augment=augment, val_fraction=0.0 if held_out else val_fraction, seed=seed,
+                                   normalization=dict(getattr(seg.meta, "normalization", {}) or {}))
+        model = copy.deepcopy(seg.model).to(torch.device("cpu"))
+        host = get_host()
+        device = host.device()
+        try:
+            result = train_volumes(model, volumes, config, progress=progress_callback(steps, unique_id), device=device)
+            held_dice = None if not held_out else volume_dice(model, held_out, config, device)
+        finally:
+            model.to(torch.device("cpu"))
+            host.release_memory()
+        trained = SegUNet(model, copy.deepcopy(seg.meta), f"{seg.name} (trained)")
+        lines = [result.report()]
+        if held_dice is not None:
+            lines.insert(0, f"held-out Dice {held_dice:.4f} on {len(held_out or [])} separate validation volume(s)")
+        if filename_prefix and filename_prefix.strip():
+            path = save_seg_unet(trained, filename_prefix)
+            trained.name = path.name
+            lines.append(f"saved to {path}")
+        report = "\n".join(lines)
+        log.info("Train Segmentation U-Net (volumes): %s", report)
         return {"ui": {"text": [report]}, "result": (trained, report)}
 
 

@@ -11,6 +11,10 @@ Outputs, all on the CPU: ``probabilities`` [D, H, W] (the sigmoid for one logit 
 1 - P(class 0), "any foreground"), ``masks`` [D, H, W] (probability >= threshold) and
 ``overlay`` [D, H, W, 3] (the slices tinted where the mask is set).
 
+Memory: see :mod:`.sliding_window3d` (windows in z-slabs; a volume larger than the device's
+memory streams through). Out of memory at one window per call: the in-plane patch is halved
+and the volume redone, down to :data:`MIN_PATCH`.
+
 A 2D model is refused with a message naming both (its architecture and "volume"): running it
 slice by slice is what Segment U-Net does.
 """
@@ -24,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...compiling import is_out_of_memory
 from ...errors import InputError, SegmentationError
 from ...progress import ProgressCallback
 from ..model import model_channels
@@ -33,6 +38,8 @@ from .predictor import make_predictor
 from .sliding_window3d import plan_windows, run_sliding_window
 
 log = logging.getLogger(__name__)
+
+MIN_PATCH = 16  # in-plane window size below which an out-of-memory error is passed on
 
 
 @dataclass
@@ -95,8 +102,20 @@ def segment_volume(model: nn.Module, meta: Any, images: torch.Tensor, patch: tup
     def sink(z0: int, probs: torch.Tensor) -> None:
         probabilities[z0:z0 + probs.shape[1]] = probs[0].to("cpu", torch.float32)
 
-    plan = plan_windows((depth, height, width), tuple(int(p) for p in patch), overlap)  # type: ignore[arg-type]
-    used = run_sliding_window(predict, read, plan, 1, sink, window_batch, "gaussian", progress)
+    size = (depth, height, width)
+    patch = tuple(int(p) for p in patch)  # type: ignore[assignment]
+    while True:
+        plan = plan_windows(size, patch, overlap)  # type: ignore[arg-type]
+        try:
+            used = run_sliding_window(predict, read, plan, 1, sink, window_batch, "gaussian", progress)
+            break
+        except Exception as error:  # noqa: BLE001 - only out-of-memory at one window per call is retried
+            smaller = (patch[0], patch[1] // 2, patch[2] // 2)
+            if not is_out_of_memory(error) or min(smaller[1:]) < MIN_PATCH:
+                raise
+            warnings.append(f"out of memory at patch {plan.patch}: retried with {smaller}")
+            log.warning("Segment Volume: %s", warnings[-1])
+            patch = smaller
     cut = float(threshold if threshold is not None else getattr(meta, "threshold", 0.5))
     masks = (probabilities >= cut).float()
     tinted = overlay(images, masks, ["foreground"] * depth)

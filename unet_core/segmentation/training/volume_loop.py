@@ -83,6 +83,19 @@ def _sample(x: torch.Tensor, mask: torch.Tensor, patch: tuple[int, int, int], fg
     return x[:, z:z + p[0], y:y + p[1], w:w + p[2]], mask[z:z + p[0], y:y + p[1], w:w + p[2]]
 
 
+def split_volumes(images: torch.Tensor, masks: torch.Tensor, depth: int, name: str = "images") -> list[Volume]:
+    """Cut an IMAGE batch [N, H, W, C] and its MASK batch [N, H, W] into volumes of ``depth`` slices (0: one)."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or not isinstance(masks, torch.Tensor) \
+            or masks.ndim != 3 or images.shape[:3] != masks.shape:
+        raise InputError(f"training: '{name}' must be IMAGE [N, H, W, C] with a MASK [N, H, W] of the same size; got "
+                         f"{tuple(getattr(images, 'shape', ()))} and {tuple(getattr(masks, 'shape', ()))}")
+    count = images.shape[0]
+    depth = depth or count
+    if count % depth:
+        raise InputError(f"training: '{name}' has {count} slices, not a multiple of volume_depth {depth}")
+    return [(images[i:i + depth], masks[i:i + depth]) for i in range(0, count, depth)]
+
+
 def volume_dice(model: nn.Module, volumes: list[Volume], config: VolumeTrainConfig,
                 device: torch.device | str | None = None) -> float:
     """Dice of thresholded sliding-window predictions against the masks, all voxels pooled."""
