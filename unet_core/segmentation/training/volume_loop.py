@@ -30,7 +30,7 @@ from ..metrics import dice_score
 from ..model import model_channels
 from .augment import AugmentConfig
 from .augment3d import augment_volume
-from .loop import TrainResult, split_indices
+from .loop import TrainResult, ordinary_tensors, split_indices
 from .losses import segmentation_loss
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,17 @@ def volume_dice(model: nn.Module, volumes: list[Volume], config: VolumeTrainConf
 
 def train_volumes(model: nn.Module, volumes: list[Volume], config: VolumeTrainConfig,
                   progress: ProgressCallback | None = None, device: torch.device | str | None = None) -> TrainResult:
-    """Train ``model`` (a 3D model, e.g. ``UNet3D``) in place; returns the 2D trainer's result record."""
+    """Train ``model`` (a 3D model, e.g. ``UNet3D``) in place; returns the 2D trainer's result record.
+
+    Works under ``torch.inference_mode()`` (as ComfyUI calls nodes), as the 2D trainer does.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        ordinary_tensors(model)
+        return _train_volumes(model, volumes, config, progress, device)
+
+
+def _train_volumes(model: nn.Module, volumes: list[Volume], config: VolumeTrainConfig,
+                   progress: ProgressCallback | None, device: torch.device | str | None) -> TrainResult:
     progress = progress or no_progress
     if not volumes:
         raise InputError("training: no volumes given")
