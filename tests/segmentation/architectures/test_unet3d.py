@@ -91,3 +91,16 @@ def test_bad_inputs_and_hparams():
         UNet3D.build(upsampling="bilinear")
     with pytest.raises(SegmentationError, match="pool_z"):
         UNet3D.build(depth=2, pool_z=[True])
+
+
+def test_fast_path_folds_batch_norm_3d_and_agrees():
+    from unet_lab.unet_core.segmentation.speed.fast import prepare_inference
+
+    torch.manual_seed(0)
+    model = UNet3D.build(depth=2, base_channels=4, residual=True).eval()
+    _randomize_bn(model)
+    fast = prepare_inference(model, "cpu", "fast")
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in fast.module.modules())
+    x = torch.rand(1, 1, 8, 20, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), atol=1e-5, rtol=1e-5)
