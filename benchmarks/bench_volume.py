@@ -24,28 +24,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from bench_segmentation import _time as median_seconds
 from torch import nn
 
+from _pack import load_core
+
 log = logging.getLogger("bench_volume")
-REPO_ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"unet3d": 1.3, "unet3plus": 1.0}
-
-
-def load_pack():
-    """Import the pack under the name ``unet_lab`` (as the tests do)."""
-    sys.path.insert(0, str(REPO_ROOT / "tests"))
-    from pack_support import load_pack as _load
-
-    return _load()
 
 
 def _cbr(cin: int, cout: int) -> nn.Sequential:
@@ -86,24 +77,6 @@ class PlainUNet3Plus(nn.Module):
         return self.out(dec[0])
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int) -> float:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000.0
-
-
 def _forward(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dtype: torch.dtype | None,
              device: torch.device) -> Callable[[], Any]:
     def run() -> Any:
@@ -125,7 +98,7 @@ def compare(name: str, builds: dict[str, Callable[[], Callable[[torch.Tensor], t
     row: dict[str, Any] = {"input": list(x.shape)}
     for variant, build in builds.items():
         fn = build()
-        ms = _time(_forward(fn, x, dtype, device), device, args.warmup, args.iters)
+        ms = 1000.0 * median_seconds(_forward(fn, x, dtype, device), device, args.warmup, args.iters)
         row[variant] = {"ms": round(ms, 3), "items_per_s": round(x.shape[0] * 1000.0 / ms, 2)}
         log.info("%s %s: %.2f ms", name, variant, ms)
         del fn
@@ -163,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[args.dtype]
     torch.backends.cudnn.benchmark = True
-    load_pack()
+    load_core()
     from unet_lab.unet_core.segmentation.registry import build_model
     from unet_lab.unet_core.segmentation.speed.fast import prepare_inference
 

@@ -30,6 +30,20 @@ AUGMENTATIONS = ("flips+rotations+brightness", "flips+rotations+brightness+elast
 SPLITS = ("train", "validation", "test")
 
 
+def _finish(trained: SegUNet, report: str, held: tuple[float, str] | None, filename_prefix: str) -> dict[str, Any]:
+    """Save the trained model when a prefix is set; the node's UI text and result."""
+    lines = [report]
+    if held is not None:
+        lines.insert(0, f"held-out Dice {held[0]:.4f} on {held[1]}")
+    if filename_prefix and filename_prefix.strip():
+        path = save_seg_unet(trained, filename_prefix)
+        trained.name = path.name
+        lines.append(f"saved to {path}")
+    text = "\n".join(lines)
+    log.info("Train Segmentation U-Net: %s", text)
+    return {"ui": {"text": [text]}, "result": (trained, text)}
+
+
 class UNetLabTrainSegmentationUNet:
     DESCRIPTION = ("Trains a segmentation U-Net (a copy: the input model is unchanged) on IMAGE + MASK batches or "
                    "a folder of image/mask pairs (under the input folder; masks/<name>.png or <name>_mask.png). "
@@ -139,17 +153,8 @@ class UNetLabTrainSegmentationUNet:
         finally:
             model.to(torch.device("cpu"))
             host.release_memory()
-        trained = SegUNet(model, meta, f"{seg.name} (trained)")
-        lines = [result.report()]
-        if held_dice is not None:
-            lines.insert(0, f"held-out Dice {held_dice:.4f} on {len(held_out)} separate validation image(s)")
-        if filename_prefix and filename_prefix.strip():
-            path = save_seg_unet(trained, filename_prefix)
-            trained.name = path.name
-            lines.append(f"saved to {path}")
-        report = "\n".join(lines)
-        log.info("Train Segmentation U-Net: %s", report)
-        return {"ui": {"text": [report]}, "result": (trained, report)}
+        held = None if held_dice is None else (held_dice, f"{len(held_out)} separate validation image(s)")
+        return _finish(SegUNet(model, meta, f"{seg.name} (trained)"), result.report(), held, filename_prefix)
 
 
     def _train_volumes(self, seg: SegUNet, images: torch.Tensor | None, masks: torch.Tensor | None,
@@ -177,17 +182,9 @@ class UNetLabTrainSegmentationUNet:
         finally:
             model.to(torch.device("cpu"))
             host.release_memory()
-        trained = SegUNet(model, copy.deepcopy(seg.meta), f"{seg.name} (trained)")
-        lines = [result.report()]
-        if held_dice is not None:
-            lines.insert(0, f"held-out Dice {held_dice:.4f} on {len(held_out or [])} separate validation volume(s)")
-        if filename_prefix and filename_prefix.strip():
-            path = save_seg_unet(trained, filename_prefix)
-            trained.name = path.name
-            lines.append(f"saved to {path}")
-        report = "\n".join(lines)
-        log.info("Train Segmentation U-Net (volumes): %s", report)
-        return {"ui": {"text": [report]}, "result": (trained, report)}
+        held = None if held_dice is None else (held_dice, f"{len(held_out or [])} separate validation volume(s)")
+        return _finish(SegUNet(model, copy.deepcopy(seg.meta), f"{seg.name} (trained)"), result.report(), held,
+                       filename_prefix)
 
 
 class UNetLabSyntheticSegmentationData:

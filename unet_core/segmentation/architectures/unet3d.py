@@ -26,7 +26,6 @@ where the pad is larger than the axis, and crops the logits back.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -35,27 +34,17 @@ from torch import nn
 
 from ...errors import SegmentationError
 from .base import COMMON_DEFAULTS, SegmentationUNet, resolve_hparams
+from .blocks import make_norm
 
 UPSAMPLINGS_3D = ("transpose", "trilinear")
-
-
-def make_norm3d(kind: str, channels: int) -> nn.Module:
-    """A 3D normalisation over ``channels``: batch, group (up to 32 groups), instance or none."""
-    if kind == "batch":
-        return nn.BatchNorm3d(channels)
-    if kind == "group":
-        return nn.GroupNorm(math.gcd(channels, 32), channels)
-    if kind == "instance":
-        return nn.InstanceNorm3d(channels, affine=True)
-    return nn.Identity()
 
 
 def double_conv3d(cin: int, cout: int, norm: str) -> nn.Sequential:
     """(conv3x3x3, norm, ReLU) x 2 as indices 0..5; conv bias only without a norm."""
     bias = norm == "none"
     return nn.Sequential(
-        nn.Conv3d(cin, cout, 3, padding=1, bias=bias), make_norm3d(norm, cout), nn.ReLU(inplace=True),
-        nn.Conv3d(cout, cout, 3, padding=1, bias=bias), make_norm3d(norm, cout), nn.ReLU(inplace=True))
+        nn.Conv3d(cin, cout, 3, padding=1, bias=bias), make_norm(norm, cout, 3), nn.ReLU(inplace=True),
+        nn.Conv3d(cout, cout, 3, padding=1, bias=bias), make_norm(norm, cout, 3), nn.ReLU(inplace=True))
 
 
 class ResidualBlock3d(nn.Module):
@@ -65,10 +54,10 @@ class ResidualBlock3d(nn.Module):
         super().__init__()
         bias = norm == "none"
         self.conv1 = nn.Conv3d(cin, cout, 3, padding=1, bias=bias)
-        self.norm1 = make_norm3d(norm, cout)
+        self.norm1 = make_norm(norm, cout, 3)
         self.conv2 = nn.Conv3d(cout, cout, 3, padding=1, bias=bias)
-        self.norm2 = make_norm3d(norm, cout)
-        self.shortcut: nn.Module = (nn.Sequential(nn.Conv3d(cin, cout, 1, bias=bias), make_norm3d(norm, cout))
+        self.norm2 = make_norm(norm, cout, 3)
+        self.shortcut: nn.Module = (nn.Sequential(nn.Conv3d(cin, cout, 1, bias=bias), make_norm(norm, cout, 3))
                                     if cin != cout else nn.Identity())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
