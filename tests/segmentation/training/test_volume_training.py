@@ -9,6 +9,8 @@ import torch
 
 from unet_lab.unet_core.errors import SegmentationError
 from unet_lab.unet_core.segmentation.architectures.unet3d import UNet3D
+from unet_lab.unet_core.segmentation.inference.volume import segment_volume
+from unet_lab.unet_core.segmentation.metrics import iou_score
 from unet_lab.unet_core.segmentation.registry import build_model
 from unet_lab.unet_core.segmentation.training.augment import AugmentConfig
 from unet_lab.unet_core.segmentation.training.augment3d import augment_volume, smooth3d
@@ -72,11 +74,13 @@ def test_a_few_steps_lower_the_loss_deterministically():
 
 
 @pytest.mark.slow
-def test_held_out_dice_on_synthetic_volumes():
-    """Held-out Dice >= 0.90 on two unseen volumes (train on 6 volumes 32 x 64 x 64, 80 steps).
+def test_held_out_dice_and_sliding_window_agreement_on_synthetic_volumes():
+    """Held-out Dice >= 0.90 on two unseen volumes (trained on 6 volumes 32 x 64 x 64, 80 steps), then the
+    same model's gaussian-blended sliding window (64 x 128 x 128 windows, overlap 0.5) on a 96 x 160 x 160
+    volume equals one whole-volume pass: IoU of the masks >= 0.999.
 
-    On 2 CPU cores the training took 141 s (the machine shared with other jobs); the time is
-    logged, not asserted.
+    Measured on 2 CPU cores: training 13.4 s (111 s while other jobs loaded the machine), held-out Dice
+    0.9054, window IoU 0.99955 (max probability difference 0.032). The time is printed, not asserted.
     """
     torch.manual_seed(0)
     train = make_synthetic_volumes(6, 32, 64, seed=1)
@@ -89,3 +93,12 @@ def test_held_out_dice_on_synthetic_volumes():
     dice = volume_dice(model, held, cfg)
     print(f"volume training: {seconds:.1f} s, held-out Dice {dice:.4f}")
     assert dice >= 0.90
+
+    image, _ = make_synthetic_volumes(1, depth=96, size=160, seed=3)[0]
+    meta = type("Meta", (), {"normalization": {}, "threshold": 0.5})()
+    windowed = segment_volume(model, meta, image, patch=(64, 128, 128), overlap=0.5)
+    with torch.no_grad():
+        whole = torch.sigmoid(model(image[..., 0][None, None]))[0, 0]
+    iou = float(iou_score(windowed.masks, (whole >= 0.5).float()))
+    print(f"sliding window vs whole pass: IoU {iou:.5f}, max |dp| {float((windowed.probabilities - whole).abs().max()):.2e}")
+    assert iou >= 0.999
