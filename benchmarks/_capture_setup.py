@@ -58,7 +58,7 @@ def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def configs(quick: bool) -> dict[str, Any]:
-    from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SDXL_CONFIG, UNetConfig
+    from unet_lab.unet_core.unet_config import SD1_CONFIG, SDXL_CONFIG, UNetConfig
 
     if not quick:
         return {"sd1": SD1_CONFIG, "sdxl": SDXL_CONFIG, "sd1_inpaint": SD1_CONFIG.with_(in_channels=9)}

@@ -59,7 +59,7 @@ def _real_shapes(family: str) -> dict[str, tuple[int, ...]]:
 
     load_core()
     from unet_lab.unet_core.checkpoints.keymap import diffusers_to_ldm_keymap
-    from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SDXL_CONFIG
+    from unet_lab.unet_core.unet_config import SD1_CONFIG, SDXL_CONFIG
 
     config = {"sd1": SD1_CONFIG, "sdxl": SDXL_CONFIG}[family]
     try:

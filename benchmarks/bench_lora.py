@@ -241,8 +241,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 16 if args.device == "cuda" else 2)))
 
     load_core()
-    from unet_lab.unet_core.diffusion.config import SDXL_CONFIG
     from unet_lab.unet_core.diffusion.unet import UNetModel
+    from unet_lab.unet_core.unet_config import SDXL_CONFIG
 
     config = SDXL_CONFIG
     with torch.device("meta"):

@@ -111,7 +111,7 @@ def _summary(times: dict[str, list[float]], reference: str | None) -> dict[str, 
 def step_case(name: str, batch: int, size: int, args, device, dtype) -> dict:
     load_core()
     if name == "guided-256":
-        cfg_mod = __import__("unet_lab.unet_core.pixel_diffusion.config", fromlist=["x"])
+        cfg_mod = __import__("unet_lab.unet_core.pixel_unet_config", fromlist=["x"])
         model_mod = __import__("unet_lab.unet_core.pixel_diffusion.model", fromlist=["x"])
         import dataclasses
 

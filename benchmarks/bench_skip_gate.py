@@ -46,7 +46,7 @@ log = logging.getLogger("bench_skip_gate")
 
 
 def _configs(quick: bool):
-    from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SDXL_CONFIG, UNetConfig
+    from unet_lab.unet_core.unet_config import SD1_CONFIG, SDXL_CONFIG, UNetConfig
 
     if not quick:
         return {"sd1": (SD1_CONFIG, 64), "sdxl": (SDXL_CONFIG, 128)}

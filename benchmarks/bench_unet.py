@@ -43,9 +43,9 @@ log = logging.getLogger("bench_unet")
 
 load_core()
 from unet_lab.unet_core.checkpoints.keymap import convert_diffusers_to_ldm  # noqa: E402
-from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SDXL_CONFIG, UNetConfig  # noqa: E402
 from unet_lab.unet_core.diffusion.embeddings import sdxl_adm_embedding  # noqa: E402
 from unet_lab.unet_core.diffusion.unet import UNetModel  # noqa: E402
+from unet_lab.unet_core.unet_config import SD1_CONFIG, SDXL_CONFIG, UNetConfig  # noqa: E402
 
 TINY_SD1 = UNetConfig(block_out_channels=(32, 64, 64), transformer_layers_per_block=(1, 1, 0),
                       num_attention_heads=(2, 2, 2), cross_attention_dim=64, norm_num_groups=8)

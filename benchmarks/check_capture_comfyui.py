@@ -98,7 +98,7 @@ def pack_module(pack: ModuleType, relative: str) -> ModuleType:
 def family_config(pack: ModuleType, family: str, full: bool):
     """The family's config; reduced (fewer levels and layers) when not ``full``, but with the
     channel, context and transformer-depth keys ComfyUI's model detection matches on."""
-    configs = pack_module(pack, "unet_core.diffusion.config")
+    configs = pack_module(pack, "unet_core.unet_config")
     if family == "sd1":
         return configs.SD1_CONFIG if full else configs.SD1_CONFIG.with_(
             block_out_channels=(320, 640), layers_per_block=1, transformer_layers_per_block=(1, 1),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 NODE_MODULES: tuple[str, ...] = ("diffusion", "lora", "gates", "acceleration", "segmentation",
-                                  "segment_folder", "imaging", "pixel_diffusion")
+                                  "segment_folder", "imaging", "pixel_diffusion", "segmentation_volume")
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

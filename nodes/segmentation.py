@@ -19,7 +19,7 @@ from ..unet_core.segmentation.inference.outputs import OVERLAY_STYLES, compare_m
 from ..unet_core.segmentation.inference.segment import SegmentOptions, segment
 from ..unet_core.segmentation.inference.tiling import BLENDS
 from ..unet_core.segmentation.model import SegUNet
-from ..unet_core.segmentation.registry import ARCHITECTURES, build_model
+from ..unet_core.segmentation.registry import ARCHITECTURES, VOLUME_ARCHITECTURES, build_model, is_volume_architecture
 from .host import get_host
 from .host.standalone_nodes import PreviewImage
 from .segmentation_common import (
@@ -53,13 +53,15 @@ def _model_choices() -> list[str]:
         files = get_host().list_files(FOLDER)
     except (HostError, OSError):
         files = []
-    return [NEW_PREFIX + a for a in ARCHITECTURES] + list(files)
+    return [NEW_PREFIX + a for a in ARCHITECTURES + VOLUME_ARCHITECTURES] + list(files)
 
 
 class UNetLabLoadSegmentationUNet:
     DESCRIPTION = ("Loads a segmentation U-Net from the unet_segmentation model folder (our safetensors format, "
-                   "a milesial Pytorch-UNet .pth, an smp state dict or save_pretrained folder), or builds a fresh, "
-                   "untrained one ('(new) <architecture>') with the depth, width and classes below, for training.")
+                   "a milesial Pytorch-UNet .pth, an smp state dict or save_pretrained folder, a U-Net 3+ state "
+                   "dict of the authors' code, a pytorch-3dunet or MONAI 3D checkpoint), or builds a fresh, "
+                   "untrained one ('(new) <architecture>'; unet3d is the 3D U-Net for volumes) with the depth, "
+                   "width and classes below, for training.")
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = (SEG_TYPE, "STRING")
@@ -91,7 +93,9 @@ class UNetLabLoadSegmentationUNet:
             architecture = model_name[len(NEW_PREFIX):]
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(seed))
-                model = build_model(architecture, in_channels=3, out_channels=int(classes), depth=int(depth),
+                # volumes are gray z-stacks (RGB slices are read as luminance); 2D models take RGB
+                channels = 1 if is_volume_architecture(architecture) else 3
+                model = build_model(architecture, in_channels=channels, out_channels=int(classes), depth=int(depth),
                                     base_channels=int(base_channels))
             seg = SegUNet(model, SegmentationMeta.for_model(model), f"new {architecture}")
         else:

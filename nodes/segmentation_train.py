@@ -20,6 +20,7 @@ from ..unet_core.segmentation.training.data import dataset_from_batches, load_pa
 from ..unet_core.segmentation.training.loop import SCHEDULES, TrainConfig, held_out_dice, train_segmentation
 from ..unet_core.segmentation.training.losses import LOSSES
 from ..unet_core.segmentation.training.synthetic import make_synthetic
+from ..unet_core.segmentation.training.volume_loop import VolumeTrainConfig, split_volumes, train_volumes, volume_dice
 from .host import get_host
 from .segmentation_common import (
     CATEGORY,
@@ -37,6 +38,23 @@ log = logging.getLogger(__name__)
 NODE = "Train Segmentation U-Net"
 AUGMENTATIONS = ("flips+rotations+brightness", "flips+rotations+brightness+elastic", "none")
 SPLITS = ("train", "validation", "test")
+
+
+def _finish(trained: SegUNet, report: str, held: tuple[float, str] | None, filename_prefix: str) -> dict[str, Any]:
+    """Save the trained model when a prefix is set; the node's UI text and result."""
+    lines = [report]
+    if held is not None:
+        lines.insert(0, f"held-out Dice {held[0]:.4f} on {held[1]}")
+    if filename_prefix and filename_prefix.strip():
+        path = save_seg_unet(trained, filename_prefix)
+        trained.name = path.name
+        lines.append(f"saved to {path}")
+    text = "\n".join(lines)
+    log.info("Train Segmentation U-Net: %s", text)
+    return {"ui": {"text": [text]}, "result": (trained, text)}
+
+
+VOLUME_PATCH_SIDE = 48  # 3D patches' height and width when patch_size is 0
 
 
 class UNetLabTrainSegmentationUNet:
@@ -93,14 +111,19 @@ class UNetLabTrainSegmentationUNet:
                 "validation_images": ("IMAGE", {"tooltip": "Optional separate held-out images; replaces the split."}),
                 "validation_masks": ("MASK", {"tooltip": "Masks of validation_images."}),
                 "patch_size": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 8, "tooltip": "Side of the "
-                               "random training patches, px. 0: 128 on the CPU, 256 on a GPU; never larger than "
-                               "the smallest image."}),
+                               "random training patches, px. 0: 128 on the CPU, 256 on a GPU (2D), 48 (3D); never "
+                               "larger than the smallest image."}),
                 "foreground_oversampling": ("FLOAT", {"default": 0.33, "min": 0.0, "max": 1.0, "step": 0.01,
                                             "tooltip": "Share of each batch's patches centred on a foreground "
-                                            "pixel (as nnU-Net); the rest are uniform over the image."}),
+                                            "pixel (as nnU-Net); the rest are uniform over the image (2D models)."}),
                 "speed": (list(SEGMENT_SPEEDS), {"default": "auto", "tooltip": "auto/fast: on a CUDA GPU bf16 "
                           "autocast, channels_last and fused AdamW (float32 weights); float32 on the CPU. exact: "
                           "float32 everywhere. compiled: fast under torch.compile (the first steps compile)."}),
+                "volume_depth": ("INT", {"default": 0, "min": 0, "max": 4096, "tooltip": "3D models only: slices "
+                                 "per volume, to cut the images batch into volumes (Synthetic Volume Data's depth); "
+                                 "0 = the whole batch is one volume."}),
+                "patch_depth": ("INT", {"default": 16, "min": 1, "max": 512, "tooltip": "3D models only: depth "
+                                "of the random training patches, in slices."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -118,9 +141,16 @@ class UNetLabTrainSegmentationUNet:
               filename_prefix: str = "unet_lab/segmentation", images: torch.Tensor | None = None,
               masks: torch.Tensor | None = None, folder: str = "", validation_images: torch.Tensor | None = None,
               validation_masks: torch.Tensor | None = None, patch_size: int = 0,
-              foreground_oversampling: float = 0.33, speed: str = "auto", unique_id: Any = None) -> dict[str, Any]:
+              foreground_oversampling: float = 0.33, speed: str = "auto", volume_depth: int = 0,
+              patch_depth: int = 16, unique_id: Any = None) -> dict[str, Any]:
         seg = check_seg_unet(seg_unet, NODE)
         check_save_prefix(filename_prefix, NODE)  # before any work: a bad name never costs a trained model
+        if int(getattr(seg.model, "spatial_dims", 2)) == 3:
+            side = int(patch_size) or VOLUME_PATCH_SIDE
+            return self._train_volumes(seg, images, masks, validation_images, validation_masks, int(volume_depth),
+                                       (int(patch_depth), side, side), int(steps),
+                                       int(batch_size), float(learning_rate), loss, augmentation,
+                                       float(validation_fraction), int(seed), filename_prefix, unique_id)
         if images is not None or masks is not None:
             if images is None or masks is None:
                 raise InputError("Train Segmentation U-Net: connect both 'images' and 'masks'")
@@ -152,17 +182,38 @@ class UNetLabTrainSegmentationUNet:
         finally:
             model.to(torch.device("cpu"))
             host.release_memory()
-        trained = SegUNet(model, meta, f"{seg.name} (trained)")
-        lines = [result.report()]
-        if held_dice is not None:
-            lines.insert(0, f"held-out Dice {held_dice:.4f} on {len(held_out)} separate validation image(s)")
-        if filename_prefix and filename_prefix.strip():
-            path = save_seg_unet(trained, filename_prefix)
-            trained.name = path.name
-            lines.append(f"saved to {path}")
-        report = "\n".join(lines)
-        log.info("Train Segmentation U-Net: %s", report)
-        return {"ui": {"text": [report]}, "result": (trained, report)}
+        held = None if held_dice is None else (held_dice, f"{len(held_out)} separate validation image(s)")
+        return _finish(SegUNet(model, meta, f"{seg.name} (trained)"), result.report(), held, filename_prefix)
+
+
+    def _train_volumes(self, seg: SegUNet, images: torch.Tensor | None, masks: torch.Tensor | None,
+                       val_images: torch.Tensor | None, val_masks: torch.Tensor | None, depth: int,
+                       patch: tuple[int, int, int], steps: int, batch_size: int, lr: float, loss: str,
+                       augmentation: str, val_fraction: float, seed: int, filename_prefix: str,
+                       unique_id: Any) -> dict[str, Any]:
+        """The 3D path: volumes cut from the batches, random 3D patches, 3D augmentation."""
+        if images is None or masks is None:
+            raise InputError("Train Segmentation U-Net: a 3D model trains on volumes: connect 'images' and 'masks' "
+                             "(z-slices, e.g. from Synthetic Volume Data)")
+        volumes = split_volumes(images, masks, depth, "images")
+        held_out = None if val_images is None or val_masks is None else split_volumes(val_images, val_masks, depth,
+                                                                                       "validation_images")
+        augment = None if augmentation == "none" else AugmentConfig(elastic="elastic" in augmentation)
+        config = VolumeTrainConfig(steps=steps, batch_size=batch_size, patch=patch, lr=lr, loss=loss,
+                                   augment=augment, val_fraction=0.0 if held_out else val_fraction, seed=seed,
+                                   normalization=dict(getattr(seg.meta, "normalization", {}) or {}))
+        model = copy.deepcopy(seg.model).to(torch.device("cpu"))
+        host = get_host()
+        device = host.device()
+        try:
+            result = train_volumes(model, volumes, config, progress=progress_callback(steps, unique_id), device=device)
+            held_dice = None if not held_out else volume_dice(model, held_out, config, device)
+        finally:
+            model.to(torch.device("cpu"))
+            host.release_memory()
+        held = None if held_dice is None else (held_dice, f"{len(held_out or [])} separate validation volume(s)")
+        return _finish(SegUNet(model, copy.deepcopy(seg.meta), f"{seg.name} (trained)"), result.report(), held,
+                       filename_prefix)
 
 
 class UNetLabSyntheticSegmentationData:

@@ -365,6 +365,64 @@ def train_pixel_diffusion_shapes(b: Builder) -> None:
     b.link(sample, "images", save, "images")
 
 
+def unet3plus_synthetic(b: Builder) -> None:
+    b.note("UNet Lab: train a U-Net 3+ (full-scale skip connections) on synthetic data, then segment a held-out "
+           "set.\n\nFiles: none needed. Synthetic Segmentation Data makes the training and test images; "
+           "'(new) unet3plus' builds a fresh U-Net 3+; the trained one is saved to "
+           "models/unet_segmentation/unet_lab/unet3plus_synthetic_NNNNN.safetensors.\n\n"
+           "The report gives the Dice against the test masks; the overlay is saved as PNGs.")
+    train_data = b.add("UNetLabSyntheticSegmentationData", title="Training data", count=64, size=64, seed=0,
+                       split="train")
+    test_data = b.add("UNetLabSyntheticSegmentationData", title="Test data", count=8, size=64, seed=0, split="test")
+    model = b.add("UNetLabLoadSegmentationUNet", model_name="(new) unet3plus", depth=3, base_channels=16,
+                  classes=1, seed=0)
+    train = b.add("UNetLabTrainSegmentationUNet", steps=150, batch_size=8, learning_rate=0.003, schedule="cosine",
+                  loss="ce+dice", augmentation="flips+rotations+brightness", border_weights=False,
+                  validation_fraction=0.2, seed=0, filename_prefix="unet_lab/unet3plus_synthetic")
+    seg = b.add("UNetLabSegmentImage", tile_size=512, overlap=0.25, flip_tta=False, threshold=-1.0,
+                class_mode="foreground", blend="gaussian")
+    save_overlay = b.add("SaveImage", title="Save overlay", filename_prefix="unet_lab/unet3plus_overlay")
+    b.link(model, "seg_unet", train, "seg_unet")
+    b.link(train_data, "images", train, "images")
+    b.link(train_data, "masks", train, "masks")
+    b.link(train, "seg_unet", seg, "seg_unet")
+    b.link(test_data, "images", seg, "image")
+    b.link(test_data, "masks", seg, "ground_truth")
+    b.link(seg, "overlay", save_overlay, "images")
+
+
+def volume_synthetic(b: Builder) -> None:
+    b.note("UNet Lab: train a 3D U-Net on synthetic volumes, segment a held-out volume and save its mask "
+           "stack.\n\nFiles: none needed. Synthetic Volume Data makes textured 3D blobs and tubes; "
+           "'(new) unet3d' builds a fresh 3D U-Net; the trained one is saved to "
+           "models/unet_segmentation/unet_lab/unet3d_synthetic_NNNNN.safetensors.\n\n"
+           "The mask stack is saved as one PNG per slice; the report gives the Dice.")
+    train_data = b.add("UNetLabSyntheticVolumeData", title="Training volumes", count=6, depth=32, size=64, seed=0,
+                       split="train")
+    test_data = b.add("UNetLabSyntheticVolumeData", title="Test volume", count=1, depth=32, size=64, seed=0,
+                      split="test")
+    model = b.add("UNetLabLoadSegmentationUNet", model_name="(new) unet3d", depth=3, base_channels=8, classes=1,
+                  seed=0)
+    train = b.add("UNetLabTrainSegmentationUNet", steps=80, batch_size=2, learning_rate=0.003, schedule="cosine",
+                  loss="ce+dice", augmentation="flips+rotations+brightness", border_weights=False,
+                  validation_fraction=0.2, seed=0, filename_prefix="unet_lab/unet3d_synthetic", patch_depth=16,
+                  patch_size=48)
+    seg = b.add("UNetLabSegmentVolume", patch_depth=32, patch_size=64, overlap=0.25, threshold=-1.0, window_batch=2)
+    to_image = b.add("MaskToImage")
+    save_mask = b.add("SaveImage", title="Save mask slices", filename_prefix="unet_lab/volume_mask")
+    save_overlay = b.add("SaveImage", title="Save overlay slices", filename_prefix="unet_lab/volume_overlay")
+    b.link(model, "seg_unet", train, "seg_unet")
+    b.link(train_data, "volumes", train, "images")
+    b.link(train_data, "masks", train, "masks")
+    b.link(train_data, "depth", train, "volume_depth")
+    b.link(train, "seg_unet", seg, "seg_unet")
+    b.link(test_data, "volumes", seg, "volume")
+    b.link(test_data, "masks", seg, "ground_truth")
+    b.link(seg, "mask", to_image, "mask")
+    b.link(to_image, "IMAGE", save_mask, "images")
+    b.link(seg, "overlay", save_overlay, "images")
+
+
 WORKFLOWS = {
     "unet_lab_sdxl_turbo_one_step": sdxl_turbo,
     "unet_lab_swap_unet_sd15": swap_unet_sd15,
@@ -373,6 +431,8 @@ WORKFLOWS = {
     "unet_lab_segment_image": segment_image,
     "unet_lab_train_segmentation_pairs": train_segmentation_pairs,
     "unet_lab_train_pixel_diffusion_shapes": train_pixel_diffusion_shapes,
+    "unet_lab_unet3plus_synthetic": unet3plus_synthetic,
+    "unet_lab_volume_synthetic": volume_synthetic,
 }
 
 

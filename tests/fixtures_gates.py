@@ -45,7 +45,7 @@ def reference_applied(alpha: torch.Tensor, strength: float, floor: float) -> tor
 
 def tiny_config(family: str):
     """A reduced UNetConfig of the family's layout (levels, attention pattern), small channels."""
-    from unet_lab.unet_core.diffusion.config import UNetConfig
+    from unet_lab.unet_core.unet_config import UNetConfig
 
     if family == "sdxl":
         return UNetConfig(block_out_channels=(32, 64, 64), layers_per_block=2, transformer_layers_per_block=(0, 1, 1),

@@ -21,6 +21,9 @@ TEMPLATE_CONFIGS: dict[str, dict] = {
     "attention_unet_group": dict(base_channels=8, depth=4, out_channels=1, norm="group", upsampling="bilinear"),
     "residual_unet": dict(base_channels=8, depth=4, out_channels=2, norm="instance"),
     "residual_unet_nonorm": dict(base_channels=8, depth=3, out_channels=1, norm="none", pad_mode="zeros"),
+    "unet3plus": dict(base_channels=4, depth=3, out_channels=2),
+    "unet3plus_deep_group": dict(base_channels=4, depth=3, out_channels=1, norm="group", deep_supervision=True,
+                               cat_channels=6),
     "smp_unet": dict(encoder_name="resnet18", decoder_channels=[32, 16, 16, 8, 8], out_channels=2),
     "smp_unet_plus_plus": dict(encoder_name="resnet18", encoder_depth=3, decoder_channels=[16, 8, 8],
                                out_channels=1),
@@ -32,7 +35,7 @@ def template_cases() -> list[tuple[str, str, dict]]:
     cases = []
     for case, hp in TEMPLATE_CONFIGS.items():
         arch = next(a for a in ("unet_plus_plus", "attention_unet", "residual_unet", "smp_unet_plus_plus",
-                                "smp_unet", "unet") if case.startswith(a))
+                                "smp_unet", "unet3plus", "unet") if case.startswith(a))
         cases.append((case, arch, dict(hp)))
     return cases
 

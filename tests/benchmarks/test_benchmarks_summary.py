@@ -133,8 +133,8 @@ def test_comfyui_unet_arguments_are_those_comfyui_detects(monkeypatch, family):
     those ComfyUI's model detection gives an SD1.5 / SDXL UNet (transformer depths per input and
     per output block, listed shallow level first; one head count or one head width), and our
     LDM config reader turns them back into the same config."""
-    from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SDXL_CONFIG
     from unet_lab.unet_core.diffusion.ldm_config import config_from_ldm_unet_config
+    from unet_lab.unet_core.unet_config import SD1_CONFIG, SDXL_CONFIG
 
     monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
     bench = load_script("benchmarks/bench_skip_gate.py")

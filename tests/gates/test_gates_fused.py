@@ -110,8 +110,8 @@ def test_a_failing_launch_falls_back_to_the_eager_gate_once_logged(monkeypatch, 
     and that case is not launched again."""
     import logging
 
-    from unet_lab.unet_core.diffusion.config import SD1_CONFIG
     from unet_lab.unet_core.gates import skip_gate
+    from unet_lab.unet_core.unet_config import SD1_CONFIG
 
     kernel = _RecordingKernel(RuntimeError("no launcher for this device\nsecond line"))
     _with_kernel(monkeypatch, kernel)
@@ -159,9 +159,9 @@ def test_cases_the_kernel_cannot_address_get_no_plan(monkeypatch):
 def test_patch_gives_the_fused_gate_row_coefficients_and_the_concatenation_offer(monkeypatch):
     """Rows: ``k = c (1 - floor)`` for the chosen pass, 0 for the other; ``concat`` where the UNet
     offers to take the concatenation (then the patch hands back its two channel views)."""
-    from unet_lab.unet_core.diffusion.config import SD1_CONFIG
     from unet_lab.unet_core.diffusion.skip_concat import SKIP_CONCATENATION
     from unet_lab.unet_core.gates import skip_gate
+    from unet_lab.unet_core.unet_config import SD1_CONFIG
 
     calls = []
     h, hsp = torch.randn(2, 8, 4, 4), torch.randn(2, 4, 4, 4)

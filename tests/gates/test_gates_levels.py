@@ -29,7 +29,7 @@ SDXL_IN_LAYERS = [2560, 2560, 1920, 1920, 1280, 960, 960, 640, 640]
 
 
 def _configs():
-    from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SD2_CONFIG, SDXL_CONFIG
+    from unet_lab.unet_core.unet_config import SD1_CONFIG, SD2_CONFIG, SDXL_CONFIG
 
     return {"sd1": (SD1_CONFIG, SD1_TABLE, SD1_IN_LAYERS), "sd2": (SD2_CONFIG, SD1_TABLE, SD1_IN_LAYERS),
             "sdxl": (SDXL_CONFIG, SDXL_TABLE, SDXL_IN_LAYERS)}
@@ -63,8 +63,8 @@ def test_selection_by_index_and_factor(family):
 
 
 def test_level_strengths_named_and_positional():
-    from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SDXL_CONFIG
     from unet_lab.unet_core.gates.levels import parse_level_strengths
+    from unet_lab.unet_core.unet_config import SD1_CONFIG, SDXL_CONFIG
 
     assert parse_level_strengths("", SD1_CONFIG) == (1.0, 1.0, 1.0, 1.0)
     assert parse_level_strengths("1/16=0.5, 3=0.2", SD1_CONFIG) == (1.0, 0.5, 1.0, 0.2)
@@ -72,8 +72,8 @@ def test_level_strengths_named_and_positional():
 
 
 def test_settings_give_each_output_block_its_level_strength():
-    from unet_lab.unet_core.diffusion.config import SDXL_CONFIG
     from unet_lab.unet_core.gates.skip_gate import build_settings
+    from unet_lab.unet_core.unet_config import SDXL_CONFIG
 
     settings = build_settings(SDXL_CONFIG, 0.8, levels="1/8, 1/32", level_strengths="1/32=0.5")
     # levels 0 (blocks 6-8) at 0.8 and 2 (blocks 0-2) at 0.4; level 1 (blocks 3-5) not chosen
@@ -81,9 +81,9 @@ def test_settings_give_each_output_block_its_level_strength():
 
 
 def test_errors_name_the_input_and_the_choices():
-    from unet_lab.unet_core.diffusion.config import SDXL_CONFIG
     from unet_lab.unet_core.errors import GateError
     from unet_lab.unet_core.gates.levels import parse_levels
+    from unet_lab.unet_core.unet_config import SDXL_CONFIG
 
     with pytest.raises(GateError, match=r"1/64 of the image; this model has 1/8, 1/16, 1/32"):
         parse_levels("1/64", SDXL_CONFIG)

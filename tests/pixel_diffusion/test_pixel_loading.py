@@ -20,11 +20,11 @@ from unet_lab.unet_core.checkpoints.loader import load_unet
 from unet_lab.unet_core.checkpoints.report import describe
 from unet_lab.unet_core.checkpoints.sniff import sniff
 from unet_lab.unet_core.errors import CheckpointError
-from unet_lab.unet_core.pixel_diffusion.config import GUIDED_64_COND, GUIDED_256_UNCOND, PixelUNetConfig
 from unet_lab.unet_core.pixel_diffusion.keymap import canonical_to_diffusers
 from unet_lab.unet_core.pixel_diffusion.loading import load_pixel_unet
 from unet_lab.unet_core.pixel_diffusion.model import PixelUNet
 from unet_lab.unet_core.pixel_diffusion.saving import save_pixel_unet
+from unet_lab.unet_core.pixel_unet_config import GUIDED_64_COND, GUIDED_256_UNCOND, PixelUNetConfig
 
 SMALL_GUIDED = PixelUNetConfig(out_channels=6, block_channels=(32, 64, 64), num_res_blocks=2, attention_levels=(1, 2),
                                num_heads=1, qkv_order="legacy", scale_shift_norm=True, resblock_updown=True,

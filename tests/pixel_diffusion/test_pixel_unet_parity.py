@@ -21,16 +21,16 @@ import json
 import pytest
 import torch
 
-from unet_lab.unet_core.pixel_diffusion.config import (
+from unet_lab.unet_core.checkpoints.pixel_infer import config_from_diffusers_json, infer_config
+from unet_lab.unet_core.pixel_diffusion.keymap import canonical_to_diffusers, diffusers_to_canonical
+from unet_lab.unet_core.pixel_diffusion.model import PixelUNet
+from unet_lab.unet_core.pixel_unet_config import (
     DDPM_256,
     DDPM_CIFAR10_32,
     GUIDED_64_COND,
     GUIDED_256_UNCOND,
     PixelUNetConfig,
 )
-from unet_lab.unet_core.pixel_diffusion.infer import config_from_diffusers_json, infer_config
-from unet_lab.unet_core.pixel_diffusion.keymap import canonical_to_diffusers, diffusers_to_canonical
-from unet_lab.unet_core.pixel_diffusion.model import PixelUNet
 
 CIFAR10_JSON = {
     "_class_name": "UNet2DModel", "act_fn": "silu", "attention_head_dim": None,

@@ -30,7 +30,7 @@ def _model(arch: str, hp: dict, seed: int = 0) -> torch.nn.Module:
 def test_every_architecture_has_a_template_case():
     covered = {arch for _, arch, _ in CASES}
     assert covered == set(ALL_ARCHITECTURES)
-    assert set(ARCHITECTURES) == {"unet", "unet_plus_plus", "attention_unet", "residual_unet"}
+    assert set(ARCHITECTURES) == {"unet", "unet_plus_plus", "attention_unet", "residual_unet", "unet3plus"}
 
 
 @pytest.mark.parametrize("case,arch,hp", CASES, ids=IDS)

@@ -17,9 +17,9 @@ import subprocess
 import pytest
 
 from pack_support import REPO_ROOT, load_script
-from unet_lab.unet_core.diffusion.config import SD1_CONFIG, SDXL_CONFIG
 from unet_lab.unet_core.errors import BlockSpecError
 from unet_lab.unet_core.lora import blocks
+from unet_lab.unet_core.unet_config import SD1_CONFIG, SDXL_CONFIG
 
 NODE = shutil.which("node")
 # Skipped on a developer machine without Node.js; in CI (CI=true) a missing node fails the tests.

@@ -110,8 +110,8 @@ def test_lora_file_header_picks_the_family(session):
 
 
 def test_block_editor_drag_preset_and_text(session):
-    from unet_lab.unet_core.diffusion.config import SDXL_CONFIG
     from unet_lab.unet_core.lora.blocks import BlockLayout, parse_block_spec
+    from unet_lab.unet_core.unet_config import SDXL_CONFIG
 
     SDXL = BlockLayout.from_config(SDXL_CONFIG)  # noqa: N806
     session.load(_lora_workflow())

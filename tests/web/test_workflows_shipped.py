@@ -20,7 +20,7 @@ WORKFLOW_DIR = REPO_ROOT / "workflows"
 WORKFLOWS = sorted(WORKFLOW_DIR.glob("*.json"))
 EXPECTED = {"unet_lab_sdxl_turbo_one_step", "unet_lab_swap_unet_sd15", "unet_lab_lora_block_weights_sdxl",
             "unet_lab_skip_attention_gates", "unet_lab_segment_image", "unet_lab_train_segmentation_pairs",
-            "unet_lab_segmentation_training"}
+            "unet_lab_segmentation_training", "unet_lab_unet3plus_synthetic", "unet_lab_volume_synthetic"}
 # Inputs of our nodes whose combo lists files of a model folder (the folder each reads).
 PACK_FILE_INPUTS = {("UNetLabLoadUNet", "unet_name"): "diffusion_models",
                     ("UNetLabSwapUNet", "unet_name"): "diffusion_models",
@@ -171,8 +171,8 @@ def test_swap_workflow_samples_through_accelerate_unet(standalone_host):
 
 
 def test_lora_workflow_block_spec_is_a_valid_sdxl_spec(standalone_host):
-    from unet_lab.unet_core.diffusion.config import SDXL_CONFIG
     from unet_lab.unet_core.lora.blocks import BlockLayout, parse_block_spec
+    from unet_lab.unet_core.unet_config import SDXL_CONFIG
 
     api = _api(WORKFLOW_DIR / "unet_lab_lora_block_weights_sdxl.json", standalone_host)
     (lora,) = _by_type(api, "UNetLabApplyLoRABlockWeights")
@@ -244,7 +244,7 @@ def test_train_pairs_workflow_runs_headless_on_a_folder(standalone_host):
     _write_png(Path(standalone_host.input_directory()) / "cells.tif", image)
     workflow = _load(WORKFLOW_DIR / "unet_lab_train_segmentation_pairs.json")
     train = next(n for n in workflow["nodes"] if n["type"] == "UNetLabTrainSegmentationUNet")
-    assert train["widgets_values"][-4] == "my_pairs"  # the folder input
+    assert train["widgets_values"][_widget_slots("UNetLabTrainSegmentationUNet").index("folder")] == "my_pairs"
     train["widgets_values"][0:2] = [3, 2]  # steps, batch size: a cheap run of the same graph
     load = next(n for n in workflow["nodes"] if n["type"] == "UNetLabLoadSegmentationUNet")
     load["widgets_values"][1:3] = [2, 4]  # depth, base channels
@@ -255,6 +255,50 @@ def test_train_pairs_workflow_runs_headless_on_a_folder(standalone_host):
     (mask_png,) = _outputs(standalone_host, "unet_lab/pairs_mask")
     assert np.asarray(Image.open(mask_png).convert("L")).shape == (32, 32)
     assert len(_outputs(standalone_host, "unet_lab/pairs_overlay")) == 1
+
+
+def _widget_slots(node_type: str) -> list[str]:
+    """Widget values in UI order: a seed is followed by its control_after_generate value, as the frontend stores."""
+    types = PACK_NODES[node_type].INPUT_TYPES()
+    slots = []
+    for name in _widget_names(node_type):
+        slots.append(name)
+        spec = {**types.get("required", {}), **types.get("optional", {})}[name]
+        if name == "seed" and (spec[1] if len(spec) > 1 else {}).get("control_after_generate", True):
+            slots.append("control_after_generate")
+    return slots
+
+
+def _set_widgets(workflow: dict, node_type: str, values: dict, title: str | None = None) -> None:
+    names = _widget_slots(node_type)
+    for node in workflow["nodes"]:
+        if node["type"] == node_type and (title is None or node.get("title") == title):
+            for name, value in values.items():
+                node["widgets_values"][names.index(name)] = value
+
+
+def test_unet3plus_workflow_runs_headless(standalone_host):
+    workflow = _load(WORKFLOW_DIR / "unet_lab_unet3plus_synthetic.json")
+    _set_widgets(workflow, "UNetLabSyntheticSegmentationData", {"count": 4, "size": 32})
+    _set_widgets(workflow, "UNetLabLoadSegmentationUNet", {"depth": 2, "base_channels": 4})
+    _set_widgets(workflow, "UNetLabTrainSegmentationUNet", {"steps": 2, "batch_size": 2})
+    result = Executor(node_classes()).run(workflow)
+    assert any("Dice" in " ".join(ui.get("text", [])) for ui in result.outputs.values())
+    assert len(_outputs(standalone_host, "unet_lab/unet3plus_overlay")) == 4
+
+
+def test_volume_workflow_runs_headless_and_saves_one_png_per_slice(standalone_host):
+    workflow = _load(WORKFLOW_DIR / "unet_lab_volume_synthetic.json")
+    _set_widgets(workflow, "UNetLabSyntheticVolumeData", {"count": 2, "depth": 6, "size": 24}, "Training volumes")
+    _set_widgets(workflow, "UNetLabSyntheticVolumeData", {"depth": 6, "size": 24}, "Test volume")
+    _set_widgets(workflow, "UNetLabLoadSegmentationUNet", {"depth": 2, "base_channels": 4})
+    _set_widgets(workflow, "UNetLabTrainSegmentationUNet", {"steps": 2, "patch_depth": 4, "patch_size": 16,
+                                                            "validation_fraction": 0.0})
+    result = Executor(node_classes()).run(workflow)
+    assert any("Dice" in " ".join(ui.get("text", [])) for ui in result.outputs.values())
+    masks = _outputs(standalone_host, "unet_lab/volume_mask")
+    assert len(masks) == 6 and np.asarray(Image.open(masks[0]).convert("L")).shape == (24, 24)
+    assert len(_outputs(standalone_host, "unet_lab/volume_overlay")) == 6
 
 
 def test_workflows_that_need_comfyui_are_refused_headless_before_running(standalone_host):

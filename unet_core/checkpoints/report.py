@@ -21,7 +21,7 @@ def describe(spec: CheckpointSpec) -> str:
         what = {"vae": "VAE only", "text_encoder": "text encoder only", "unknown": "no diffusion UNet found"}
         lines.append(f"kind: {what[spec.kind]}")
     elif spec.family == "pixel_diffusion":
-        from ..pixel_diffusion.sniffing import report_lines
+        from .pixel_sniff import report_lines
 
         lines.extend(report_lines(spec))
     else:

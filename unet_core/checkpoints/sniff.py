@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CheckpointError
-from ..pixel_diffusion.infer import pixel_layout
-from ..pixel_diffusion.sniffing import fill_spec as fill_pixel_spec
 from .infer_config import (
     SHAPE_FIELDS,
     config_from_diffusers_json,
@@ -26,6 +24,8 @@ from .infer_config import (
     config_from_metadata,
 )
 from .keymap import diffusers_to_ldm_keymap
+from .pixel_infer import pixel_layout
+from .pixel_sniff import fill_spec as fill_pixel_spec
 from .readers import PICKLE_SUFFIXES, load_pickle, read_diffusers_config, resolve_diffusers_folder
 from .safetensors_header import read_header
 from .spec import CheckpointSpec, Component, SamplingHint, family_of

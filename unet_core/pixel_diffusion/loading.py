@@ -14,14 +14,14 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoints.pixel_sniff import FAMILY
 from ..checkpoints.readers import DIFFUSERS_WEIGHT_NAMES, load_state_dict
 from ..checkpoints.sniff import sniff
 from ..checkpoints.spec import FAMILY_NAMES, CheckpointSpec
 from ..errors import CheckpointError
-from .config import PixelUNetConfig
+from ..pixel_unet_config import PixelUNetConfig
 from .keymap import diffusers_to_canonical
 from .model import PixelUNet
-from .sniffing import FAMILY
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import PixelUNetConfig
+from ..pixel_unet_config import PixelUNetConfig
 
 
 def timestep_features(t: torch.Tensor, config: PixelUNetConfig, fourier: torch.Tensor | None) -> torch.Tensor:

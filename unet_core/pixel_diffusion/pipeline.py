@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
-from .config import PixelUNetConfig
+from ..pixel_unet_config import PixelUNetConfig
 from .loading import PixelModel
 from .sampling import SampleSettings, sample
 from .schedule import NoiseSchedule

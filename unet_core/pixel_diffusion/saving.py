@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoints.writer import _atomic_write, write_safetensors
-from .config import METADATA_KEY, PixelUNetConfig
+from ..pixel_unet_config import METADATA_KEY, PixelUNetConfig
 
 
 def save_pixel_unet(path: str | Path, unet: torch.nn.Module, config: PixelUNetConfig,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import PixelUNetConfig
+from ..pixel_unet_config import PixelUNetConfig
 
 SPACINGS = ("leading", "linspace", "trailing", "dpm_linspace")
 

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from ..pixel_unet_config import PixelUNetConfig
 from ..progress import ProgressCallback, no_progress
-from .config import PixelUNetConfig
 from .model import PixelUNet
 from .schedule import NoiseSchedule
 

@@ -8,8 +8,15 @@ Common hyper-parameters (diffusers-style names): ``in_channels=3``, ``out_channe
 (classes), ``depth=4`` (downsamplings), ``base_channels=64``,
 ``norm="batch"|"group"|"instance"|"none"``, ``upsampling="transpose"|"bilinear"``,
 ``pad_mode="reflect"|"replicate"|"zeros"``. UNet++ adds ``deep_supervision=False``;
-Attention U-Net adds ``gate_inter_ratio=0.5``. The smp models take ``encoder_name``
-(resnet18/34/50), ``decoder_channels`` and ``encoder_depth`` instead of depth/width/norm.
+Attention U-Net adds ``gate_inter_ratio=0.5``. U-Net 3+ takes ``cat_channels``,
+``deep_supervision`` and ``classification_guided`` (no ``upsampling``: bilinear by design). The
+smp models take ``encoder_name`` (resnet18/34/50), ``decoder_channels`` and ``encoder_depth``
+instead of depth/width/norm.
+
+Volume models (input [B, C, D, H, W], ``spatial_dims = 3``): ``unet3d`` (``upsampling``
+transpose/trilinear, ``residual``, ``pool_z``) and the adapters of pytorch-3dunet and MONAI.
+``ARCHITECTURES``/``ALL_ARCHITECTURES`` list the 2D ones; ``VOLUME_ARCHITECTURES`` /
+``ALL_VOLUME_ARCHITECTURES`` the 3D ones.
 """
 
 from __future__ import annotations
@@ -20,9 +27,12 @@ from typing import Any
 from ..errors import SegmentationError
 from .architectures.base import SegmentationUNet, resolve_hparams
 
-ARCHITECTURES: tuple[str, ...] = ("unet", "unet_plus_plus", "attention_unet", "residual_unet")
+ARCHITECTURES: tuple[str, ...] = ("unet", "unet_plus_plus", "attention_unet", "residual_unet", "unet3plus")
 ADAPTER_ARCHITECTURES: tuple[str, ...] = ("smp_unet", "smp_unet_plus_plus")
 ALL_ARCHITECTURES: tuple[str, ...] = ARCHITECTURES + ADAPTER_ARCHITECTURES
+VOLUME_ARCHITECTURES: tuple[str, ...] = ("unet3d",)
+VOLUME_ADAPTER_ARCHITECTURES: tuple[str, ...] = ("pytorch3dunet", "monai_basic_unet", "monai_unet")
+ALL_VOLUME_ARCHITECTURES: tuple[str, ...] = VOLUME_ARCHITECTURES + VOLUME_ADAPTER_ARCHITECTURES
 
 _CLASSES: dict[str, tuple[str, str]] = {
     "unet": (".architectures.unet", "UNet"),
@@ -31,6 +41,11 @@ _CLASSES: dict[str, tuple[str, str]] = {
     "residual_unet": (".architectures.residual_unet", "ResidualUNet"),
     "smp_unet": (".architectures.smp", "SmpUnet"),
     "smp_unet_plus_plus": (".architectures.smp", "SmpUnetPlusPlus"),
+    "unet3plus": (".architectures.unet3plus", "UNet3Plus"),
+    "unet3d": (".architectures.unet3d", "UNet3D"),
+    "pytorch3dunet": (".adapters.pytorch3dunet", "PyTorch3DUNet"),
+    "monai_basic_unet": (".adapters.monai3d", "MonaiBasicUNet"),
+    "monai_unet": (".adapters.monai3d", "MonaiUNet"),
 }
 
 
@@ -38,10 +53,15 @@ def model_class(architecture: str) -> type[SegmentationUNet]:
     """The model class of ``architecture``; SegmentationError if the name is unknown."""
     if architecture not in _CLASSES:
         raise SegmentationError(
-            f"unknown segmentation architecture {architecture!r}; expected one of {list(ALL_ARCHITECTURES)}")
+            f"unknown segmentation architecture {architecture!r}; expected one of {list(ALL_ARCHITECTURES + ALL_VOLUME_ARCHITECTURES)}")
     module_name, cls_name = _CLASSES[architecture]
     module = importlib.import_module(module_name, __package__)
     return getattr(module, cls_name)
+
+
+def is_volume_architecture(architecture: str) -> bool:
+    """True for the 3D (volume) models."""
+    return architecture in ALL_VOLUME_ARCHITECTURES
 
 
 def default_hparams(architecture: str) -> dict[str, Any]:
@@ -58,7 +78,7 @@ def build_model(architecture: str, /, **hparams: Any) -> SegmentationUNet:
     if named != architecture:
         raise SegmentationError(f"build_model({architecture!r}) got a config of architecture {named!r}")
     cls = model_class(architecture)
-    cfg = resolve_hparams(architecture, cls.defaults, hparams)
+    cfg = resolve_hparams(architecture, cls.defaults, hparams, getattr(cls, "upsamplings", None))
     if hasattr(cls, "validate"):
         cls.validate(cfg)
     return cls(**cfg)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints.fit import fit_problems
 from ..errors import SegmentationError
+from ..state_dict_fit import fit_problems
 from .architectures.base import SegmentationUNet
 
 

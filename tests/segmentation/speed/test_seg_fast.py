@@ -32,6 +32,7 @@ CASES: dict[str, tuple[str, dict]] = {
                                                             deep_supervision=True, upsampling="bilinear")),
     "attention_unet": ("attention_unet", dict(base_channels=4, depth=3, out_channels=3)),
     "residual_unet": ("residual_unet", dict(base_channels=4, depth=3, out_channels=2)),
+    "unet3plus": ("unet3plus", dict(base_channels=4, depth=3, out_channels=2)),
     "smp_unet": ("smp_unet", dict(encoder_name="resnet18", decoder_channels=[16, 8, 8, 8, 4], out_channels=2)),
     "smp_unet_r50": ("smp_unet", dict(encoder_name="resnet50", encoder_depth=3, decoder_channels=[16, 8, 4],
                                       out_channels=1)),

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-BUILTIN_ADAPTERS: tuple[str, ...] = (".milesial", ".smp")
+BUILTIN_ADAPTERS: tuple[str, ...] = (".milesial", ".smp", ".unet3plus_authors", ".pytorch3dunet", ".monai3d")
 
 # read_state_dict(tensors, extras, where) -> (model, meta), or None when the tensors are not this format;
 # it may drop entries of ``tensors`` it ignores (auxiliary heads) and raises SegmentationError when the

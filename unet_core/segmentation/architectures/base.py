@@ -47,8 +47,12 @@ def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     return value
 
 
-def resolve_hparams(architecture: str, defaults: dict[str, Any], hparams: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``hparams`` over ``defaults``, refusing unknown names; checks the common fields."""
+def resolve_hparams(architecture: str, defaults: dict[str, Any], hparams: dict[str, Any],
+                    upsamplings: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Merge ``hparams`` over ``defaults``, refusing unknown names; checks the common fields.
+
+    ``upsamplings``: the accepted ``upsampling`` values (default :data:`UPSAMPLINGS`).
+    """
     unknown = sorted(set(hparams) - set(defaults))
     if unknown:
         raise SegmentationError(
@@ -65,7 +69,7 @@ def resolve_hparams(architecture: str, defaults: dict[str, Any], hparams: dict[s
     if "norm" in cfg:
         _choice("norm", cfg["norm"], NORMS)
     if "upsampling" in cfg:
-        _choice("upsampling", cfg["upsampling"], UPSAMPLINGS)
+        _choice("upsampling", cfg["upsampling"], upsamplings or UPSAMPLINGS)
     if "pad_mode" in cfg:
         _choice("pad_mode", cfg["pad_mode"], PAD_MODES)
     return cfg

@@ -18,14 +18,17 @@ NORMS = ("batch", "group", "instance", "none")
 PAD_MODES = ("reflect", "replicate", "zeros")
 
 
-def make_norm(kind: str, channels: int) -> nn.Module:
-    """A normalisation layer over ``channels``: batch, group (up to 32 groups), instance or none."""
+def make_norm(kind: str, channels: int, dims: int = 2) -> nn.Module:
+    """A normalisation layer over ``channels``: batch, group (up to 32 groups), instance or none.
+
+    ``dims``: 2 for images [B, C, H, W], 3 for volumes [B, C, D, H, W] (BatchNorm3d, InstanceNorm3d).
+    """
     if kind == "batch":
-        return nn.BatchNorm2d(channels)
+        return nn.BatchNorm2d(channels) if dims == 2 else nn.BatchNorm3d(channels)
     if kind == "group":
         return nn.GroupNorm(math.gcd(channels, 32), channels)
     if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
+        return (nn.InstanceNorm2d if dims == 2 else nn.InstanceNorm3d)(channels, affine=True)
     if kind == "none":
         return nn.Identity()
     raise ValueError(f"unknown norm {kind!r}; expected one of {NORMS}")

@@ -159,6 +159,10 @@ def _normalization(meta: Any, in_channels: int) -> tuple[torch.Tensor, torch.Ten
 def prepare_job(model: nn.Module, meta: Any, images: torch.Tensor, options: SegmentOptions) -> SegmentJob:
     """Check the options, the images' shape and channels and the checkpoint meta; nothing is read or run."""
     options.check()
+    if int(getattr(model, "spatial_dims", 2)) == 3:
+        arch = (getattr(model, "config", None) or {}).get("architecture", type(model).__name__)
+        raise SegmentationError(f"the model is a 3D {arch} (for volumes) but the input is a 2D image batch; "
+                                "use Segment Volume")
     in_channels, classes = model_channels(model)
     inspect_images(images, in_channels, options.input_name, values=False)  # shape first: cheap
     names = list(meta_field(meta, "class_names", None) or [])

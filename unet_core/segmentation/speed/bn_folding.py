@@ -10,7 +10,7 @@ affine map per output channel ``c``, so for ``z = W * x + b``::
 computed in float64 and cast back to the weight's dtype. Pairs are found structurally: adjacent
 entries of a plain ``nn.Sequential`` (whose forward feeds each entry to the next), and named
 attribute pairs of the pack's blocks whose forward is ``norm(conv(x))``
-(:data:`FOLD_PAIRS`: ``conv1/norm1``, ``conv2/norm2`` of the residual block, ``conv{i}/bn{i}`` of
+(:data:`FOLD_PAIRS`: ``conv1/norm1``, ``conv2/norm2`` of the 2D and 3D residual blocks, ``conv{i}/bn{i}`` of
 the ResNet blocks and stem). A pair with a forward hook on either module, a norm in training
 mode or without running statistics, or a channel mismatch is left alone (still correct, only
 slower). The caller's model is never modified: folding works on a deep copy.
@@ -42,8 +42,10 @@ def register_fold_pairs(cls: type, pairs: tuple[tuple[str, str], ...]) -> None:
 def _register_pack_blocks() -> None:
     from ..architectures.blocks import ResidualDoubleConv
     from ..architectures.resnet import BasicBlock, Bottleneck, ResNetEncoder
+    from ..architectures.unet3d import ResidualBlock3d
 
     register_fold_pairs(ResidualDoubleConv, (("conv1", "norm1"), ("conv2", "norm2")))
+    register_fold_pairs(ResidualBlock3d, (("conv1", "norm1"), ("conv2", "norm2")))
     register_fold_pairs(BasicBlock, (("conv1", "bn1"), ("conv2", "bn2")))
     register_fold_pairs(Bottleneck, (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")))
     register_fold_pairs(ResNetEncoder, (("conv1", "bn1"),))

@@ -6,8 +6,8 @@ Speeds (``SPEEDS``):
   is copied.
 - ``"fast"``: an eval copy with every eval BatchNorm folded into the convolution before it
   (:func:`.bn_folding.fold_batch_norms`). On CUDA the copy's weights are cast to bf16 (fp16 where the GPU
-  has no bf16), it runs channels_last under autocast of that dtype (so ops that autocast keeps
-  in fp32, e.g. GroupNorm and softmax, still run in fp32), and each conv + ReLU site (a
+  has no bf16), it runs channels_last (channels_last_3d for the 3D models) under autocast of that
+  dtype (so ops that autocast keeps in fp32, e.g. GroupNorm and softmax, still run in fp32), and each conv + ReLU site (a
   ``conv, [folded norm], ReLU`` Sequential, the residual blocks' ``relu(conv(h) + shortcut)``,
   the ResNet stem) runs as one cuDNN conv + bias (+ add) + ReLU kernel where
   :func:`.conv_relu.fused_kernel_rule` allows it (a rule of shape, dtype and device capability:
@@ -131,8 +131,8 @@ class InferenceForward:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(device=self.device, dtype=self.dtype)
-        if self.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        if self.channels_last and x.ndim in (4, 5):
+            x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
         compiled = self._compiled
         return self._run(compiled if compiled is not None and compiled.active else self.module, x).float()
 
@@ -152,7 +152,8 @@ def _build(model: nn.Module, device: torch.device, speed: str, compile_mode: str
     folded = folded.to(device)
     fused = (fuse_conv_relu(folded) + splits) if cudnn_fusion else 0  # each split step merges in a ConvReLU
     if low is not None:
-        folded = folded.to(dtype=low, memory_format=torch.channels_last)
+        volume = int(getattr(model, "spatial_dims", 2)) == 3  # 3D models: channels_last_3d
+        folded = folded.to(dtype=low, memory_format=torch.channels_last_3d if volume else torch.channels_last)
         prepared = InferenceForward(folded, device, speed, low, low, True, compile_mode)
     else:
         dtype = next((p.dtype for p in folded.parameters() if p.is_floating_point()), torch.float32)

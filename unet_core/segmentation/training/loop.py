@@ -191,7 +191,7 @@ def evaluate_dice(model: nn.Module, data: SegmentationDataset, mean: torch.Tenso
     return 1.0 if total == 0 else 2 * inter / total
 
 
-def _ordinary_tensors(model: nn.Module) -> None:
+def ordinary_tensors(model: nn.Module) -> None:
     """Replace parameters and buffers made under ``torch.inference_mode`` by ordinary copies.
 
     ComfyUI runs every node inside ``torch.inference_mode()``, so a model built or loaded by an
@@ -208,7 +208,7 @@ def _ordinary_tensors(model: nn.Module) -> None:
 
 
 def _ordinary_dataset(dataset: SegmentationDataset) -> SegmentationDataset:
-    """The dataset with any inference-mode tensor copied (see ``_ordinary_tensors``)."""
+    """The dataset with any inference-mode tensor copied (see ``ordinary_tensors``)."""
     def ordinary(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         return [t.clone() if t.is_inference() else t for t in tensors]
 
@@ -224,7 +224,7 @@ def train_segmentation(model: nn.Module, dataset: SegmentationDataset, config: T
     switched back on for the training, and inference-mode tensors are replaced by copies first.
     """
     with torch.inference_mode(False), torch.enable_grad():
-        _ordinary_tensors(model)
+        ordinary_tensors(model)
         return _train(model, _ordinary_dataset(dataset), config, progress, device)
 
 

@@ -95,11 +95,21 @@ class TrainStep:
         images = images.to(device, non_blocking=True)
         if options.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        target = target.to(device, non_blocking=True)
+        weights = None if weights is None else weights.to(device, non_blocking=True)
+        # deep supervision (U-Net 3+): the model weighs every head's loss; a DDP wrapper hides the
+        # method, so a distributed run trains on the heads' weighted mean that forward returns
+        supervised = getattr(self.model, "supervised_loss", None)
         with torch.autocast(device.type, dtype=options.autocast_dtype or torch.float32,
                             enabled=options.autocast_dtype is not None):
-            logits = self.forward(images)
-        weights = None if weights is None else weights.to(device, non_blocking=True)
-        loss, value = self.loss_fn(logits.float(), target.to(device, non_blocking=True), weights)
+            if supervised is not None:
+                loss = supervised(images, target, lambda logits, t: self.loss_fn(logits.float(), t, weights)[0])
+            else:
+                logits = self.forward(images)
+        if supervised is not None:
+            value = float(loss.detach())
+        else:
+            loss, value = self.loss_fn(logits.float(), target, weights)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from .infer import infer_config
+from .pixel_infer import infer_config
 
 FAMILY = "pixel_diffusion"
 LAYOUT_NAMES = {"guided": "guided-diffusion (OpenAI UNetModel)", "diffusers": "diffusers UNet2DModel"}

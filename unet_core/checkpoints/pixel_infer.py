@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 
 from ..errors import CheckpointError
-from .config import PixelUNetConfig
+from ..pixel_unet_config import PixelUNetConfig
 
 Shapes = Mapping[str, tuple[int, ...]]
 _SD_MARKERS = ("transformer_blocks", "attn2", "add_embedding", "proj_in")
@@ -200,7 +200,7 @@ def config_from_diffusers_json(data: Mapping[str, object], where: str | None = N
 def infer_config(shapes: Shapes, metadata: Mapping[str, str] | None = None, json_config: Mapping | None = None,
                  where: str | None = None) -> tuple[PixelUNetConfig, str, str]:
     """(config, layout, note) for a pixel diffusion state dict's shapes; CheckpointError naming ``where``."""
-    from .config import METADATA_KEY
+    from ..pixel_unet_config import METADATA_KEY
 
     layout = pixel_layout(shapes)
     if layout is None:

@@ -18,7 +18,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
-from ..errors import CheckpointError
+from .errors import CheckpointError
 
 QKV_ORDERS = ("legacy", "split")        # legacy: per head (q, k, v); split: all q, all k, all v
 TIME_EMBEDDINGS = ("positional", "fourier")
