@@ -66,6 +66,21 @@ def side_weights(depth: int, heads: int) -> list[float]:
     return [1.0] + [SIDE_WEIGHT_RATIO / (depth + 1)] * (heads - 1)
 
 
+_MAX_UPSAMPLE_ELEMENTS = 2**31 - 1  # CUDA's channels-last bilinear kernel refuses larger outputs
+
+
+def upsample(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """Bilinear up-sampling by ``scale`` (align_corners False), in batch chunks when the output
+    would exceed what one kernel call addresses (a deep 1024-channel map taken to 512 px at batch 8
+    does); the result is the same as one call's."""
+    per_image = x[0].numel() * scale * scale
+    chunk = max(1, _MAX_UPSAMPLE_ELEMENTS // max(1, per_image))
+    if x.shape[0] <= chunk:
+        return F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+    return torch.cat([F.interpolate(part, scale_factor=scale, mode="bilinear", align_corners=False)
+                      for part in x.split(chunk)])
+
+
 @dataclass
 class UNet3PlusOutputs:
     """Everything one training forward gives: per-head logits at input size, and the presence probability."""
@@ -138,7 +153,7 @@ class UNet3Plus(SegmentationUNet):
                 elif i == j:
                     src = enc[j]
                 else:
-                    src = F.interpolate(dec[i], scale_factor=2 ** (i - j), mode="bilinear", align_corners=False)
+                    src = upsample(dec[i], 2 ** (i - j))
                 parts.append(self.branches[f"l{i}_to_d{j}"](src))
             dec[j] = self.fusions[f"d{j}"](torch.cat(parts, 1))
         return dec
@@ -159,7 +174,7 @@ class UNet3Plus(SegmentationUNet):
 
     def _head(self, j: int, dec: dict[int, torch.Tensor]) -> torch.Tensor:
         out = self.heads[f"d{j}"](dec[j])
-        return out if j == 0 else F.interpolate(out, scale_factor=2 ** j, mode="bilinear", align_corners=False)
+        return out if j == 0 else upsample(out, 2 ** j)
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
         dec = self._features(x)
