@@ -36,8 +36,8 @@ def test_stalled_peer_ends_the_survivor_at_the_collective_timeout():
     survivor = results[0]
     assert survivor is not None and survivor.code == 3, survivor
     assert "rank 0/2" in survivor.err and "round 3 failed after waiting up to 8 s" in survivor.err
-    # it waited for the timeout, not forever: start-up plus the timeout plus slack on a loaded machine
-    assert survivor.seconds < 120
+    # it ended on its own at the collective timeout (the message above), not forever: a hang would
+    # run into by_hand's launch limit, which raises instead of returning a result
 
 
 @pytest.mark.slow
