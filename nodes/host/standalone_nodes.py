@@ -226,7 +226,10 @@ class SaveImage:
 
     @classmethod
     def VALIDATE_INPUTS(cls, filename_prefix: str = "ComfyUI") -> bool | str:
-        """Refuse a prefix that leads outside the output folder before any node runs (nothing created)."""
+        """Refuse a prefix that leads outside the output folder before any node runs (nothing created).
+        A value that is no string (a malformed link) is left to the input checks, which name it."""
+        if not isinstance(filename_prefix, str):
+            return True
         prefix = os.path.normpath(_expand_prefix(filename_prefix or "", 0, 0))
         root = Path(get_host().output_directory()).resolve()
         folder = (root / os.path.dirname(prefix)).resolve()
