@@ -86,24 +86,26 @@ class Builder:
         return index, str(schema.outputs[index])
 
     def _widget_values(self, node: dict[str, Any]) -> list[Any]:
-        from unet_lab.unet_core.graph.formats import _default_value, _extra_values
+        from unet_lab.unet_core.graph.formats import _SKIP, _default_value, _widget_slots
 
         schema = self._schema(node)
-        values: list[Any] = []
-        unknown = set(node["widgets"]) - {s.name for s in schema.inputs.values()}
+        specs = {s.name: s for s in schema.inputs.values()}
+        unknown = set(node["widgets"]) - set(specs)
         if unknown:
             raise KeyError(f"{node['type']}: no widget inputs {sorted(unknown)}")
-        for spec in schema.inputs.values():
-            if not spec.is_widget:
-                continue
-            values.append(node["widgets"].get(spec.name, _default_value(spec)))
-            extra = _extra_values(spec)  # UI-only values the frontend stores after some widgets
-            if spec.type == "INT" and extra:
+        values: list[Any] = []
+        previous = None  # the widget a UI-only value follows, if it belongs to it
+        for slot in _widget_slots(schema):  # the frontend's layout, UI-only values as _SKIP
+            if slot is not _SKIP:
+                previous = specs[slot]
+                values.append(node["widgets"].get(slot, _default_value(previous)))
+            elif previous is not None and previous.type == "INT":
                 values.append("fixed")  # control_after_generate of a seed
-            elif extra == 1:
-                values.append("image")  # the upload button of an image combo
-            elif extra:
-                raise NotImplementedError(f"{node['type']}.{spec.name}: combo with control_after_generate")
+                previous = None
+            elif previous is not None and previous.options.get("control_after_generate"):
+                raise NotImplementedError(f"{node['type']}.{previous.name}: combo with control_after_generate")
+            else:
+                values.append("image")  # the upload button, after the required widgets
         return values
 
     def build(self) -> dict[str, Any]:

@@ -367,7 +367,7 @@ class FrontendServer:
 
 def iter_widget_files(workflows: list[dict[str, Any]]) -> Iterator[str]:
     """Every string widget value of the workflows that names a file (model, image)."""
-    suffixes = (".safetensors", ".png", ".jpg", ".ckpt", ".pth")
+    suffixes = (".safetensors", ".png", ".jpg", ".tif", ".tiff", ".ckpt", ".pth")
     for workflow in workflows:
         for node in workflow["nodes"]:
             for value in node.get("widgets_values") or []:

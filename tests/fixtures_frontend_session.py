@@ -141,7 +141,7 @@ def _prepare_files(host: Any, workflows: list[dict[str, Any]]) -> set[str]:
     inputs = Path(host.input_directory())
     inputs.mkdir(parents=True, exist_ok=True)
     for name in names:
-        if name.endswith(".png"):
+        if name.endswith((".png", ".tif", ".tiff")):
             Image.fromarray(image).save(inputs / name)
     return names
 

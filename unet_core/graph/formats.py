@@ -9,8 +9,9 @@ The conversion follows the frontend's ``graphToPrompt`` (ComfyUI_frontend,
 - INT inputs with ``control_after_generate`` (or, when the option is absent,
   named ``seed``/``noise_seed``) are followed by the control value, which is not
   sent; combos with ``control_after_generate`` are followed by the control and
-  its filter value; ``image_upload``/``video_upload``/``audio_upload`` combos
-  are followed by the upload button's value;
+  its filter value; the first required ``image_upload``/``video_upload``/
+  ``audio_upload`` combo adds the upload button's value after the last required
+  widget (the frontend appends the button as a new required input);
 - muted nodes (mode 2) are dropped, and inputs linked to them removed; bypassed
   nodes (mode 4) are dropped and a link from one resolves through its input of
   the same slot (if the types fit), else its first input of the link's type;
@@ -111,15 +112,29 @@ def _is_valid_connection(a: Any, b: Any) -> bool:
 
 
 def _widget_slots(schema: NodeSchema, include_force_input: bool = False) -> list[Any]:
-    """The widgets_values layout of a node type: input names, with _SKIP for UI-only values."""
+    """The widgets_values layout of a node type: input names, with _SKIP for UI-only values.
+
+    The frontend adds one upload button for the first required upload combo, as a new last
+    required input: its value follows every required widget, not the combo itself."""
     slots: list[Any] = []
+    upload_pending = any(upload_combo(s) for s in schema.inputs.values() if s.category == "required")
     for spec in schema.inputs.values():
+        if upload_pending and spec.category != "required":
+            slots.append(_SKIP)
+            upload_pending = False
         forced = bool(spec.options.get("forceInput"))
         if not spec.is_widget and not (include_force_input and forced and _widget_like(spec)):
             continue
         slots.append(_SKIP if forced else spec.name)
         slots.extend([_SKIP] * _extra_values(spec))
+    if upload_pending:
+        slots.append(_SKIP)
     return slots
+
+
+def upload_combo(spec: InputSpec) -> bool:
+    """A combo the frontend gives an upload button (image, video or audio upload)."""
+    return spec.choices is not None and any(spec.options.get(k) for k in UPLOAD_OPTIONS)
 
 
 def _widget_like(spec: InputSpec) -> bool:
@@ -132,8 +147,7 @@ def _extra_values(spec: InputSpec) -> int:
         control = options["control_after_generate"] if "control_after_generate" in options else spec.name in SEED_NAMES
         return 1 if control else 0
     if spec.choices is not None:
-        extra = 2 if options.get("control_after_generate") else 0
-        return extra + (1 if any(options.get(k) for k in UPLOAD_OPTIONS) else 0)
+        return 2 if options.get("control_after_generate") else 0
     return 0
 
 
