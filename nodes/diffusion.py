@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .choices import model_files
 from .host import get_host
 from .host.paths import check_prefix, save_target
 
@@ -23,14 +24,6 @@ PREDICTIONS = ["auto", "epsilon", "v_prediction"]
 SAVE_LAYOUTS = ["ldm", "ldm_prefixed", "diffusers"]
 SAVE_DTYPES = ["keep", "fp16", "bf16", "fp32", "fp8_e4m3fn"]
 INSPECT_FOLDERS = ("diffusion_models", "checkpoints")
-
-
-def _list(folder: str) -> list[str]:
-    try:
-        return get_host().list_files(folder)
-    except Exception as exc:  # noqa: BLE001 - a missing folder must not break INPUT_TYPES
-        log.warning("UNet Lab: cannot list %s: %s", folder, exc)
-        return []
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -53,7 +46,7 @@ class UNetLabLoadUNet:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
-            "unet_name": (_list("diffusion_models"), {
+            "unet_name": (model_files("diffusion_models"), {
                 "tooltip": "A UNet-only file from models/diffusion_models (or models/unet)."}),
             "weight_dtype": (WEIGHT_DTYPES, {"default": "default", "tooltip": (
                 "Dtype the weights are stored in while loaded. default: as in the file (standalone) or "
@@ -98,7 +91,7 @@ class UNetLabInspectUNet:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        files = [f"{folder}/{name}" for folder in INSPECT_FOLDERS for name in _list(folder)]
+        files = [f"{folder}/{name}" for folder in INSPECT_FOLDERS for name in model_files(folder)]
         return {"required": {
             "file": (files, {"tooltip": "A file from models/diffusion_models (or unet) or models/checkpoints; "
                                         "the folder is the first part of the name."}),
@@ -134,7 +127,7 @@ class UNetLabSwapUNet:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
             "model": ("MODEL", {"tooltip": "The model whose UNet weights are replaced; it is left unchanged."}),
-            "unet_name": (_list("diffusion_models"), {
+            "unet_name": (model_files("diffusion_models"), {
                 "tooltip": "A UNet-only file of the same family (SD1, SD2 or SDXL) from models/diffusion_models."}),
         }}
 

@@ -5,24 +5,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..unet_core.errors import GateError, HostError
+from ..unet_core.errors import GateError
 from ..unet_core.gates.apply import apply_skip_gate
 from ..unet_core.gates.levels import parse_levels
 from ..unet_core.gates.maps import COMBINES, PASS_CODES, SIZES, maps_to_mask
 from ..unet_core.gates.skip_gate import PASSES
+from .choices import model_files
 from .host import get_host
 
 log = logging.getLogger(__name__)
 
 GATE_FOLDER = "unet_gates"
 NO_WEIGHTS = "none (parameter-free)"
-
-
-def _gate_files() -> list[str]:
-    try:
-        return get_host().list_files(GATE_FOLDER)
-    except (HostError, KeyError, OSError):
-        return []
 
 
 def _model_layout(model: Any) -> tuple[str, Any]:
@@ -70,7 +64,7 @@ class UNetLabSkipAttentionGate:
             "optional": {
                 "sharpness": ("FLOAT", {"default": 1.0, "min": 0.05, "max": 20.0, "step": 0.05,
                                         "tooltip": "Slope of the parameter-free gate's sigmoid."}),
-                "gate_weights": ([NO_WEIGHTS] + _gate_files(),
+                "gate_weights": ([NO_WEIGHTS] + model_files(GATE_FOLDER),
                                  {"default": NO_WEIGHTS,
                                   "tooltip": "Trained gate weights from models/unet_gates (format: docs/gates.md)."}),
                 "record_maps": ("BOOLEAN", {"default": True,

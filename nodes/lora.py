@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .choices import model_files
 from .host import get_host
 
 # unet_core is imported inside the functions: importing this module stays cheap, and a pack loaded
@@ -24,11 +25,7 @@ _SPEC_HELP = ("Per-block weights. Named: 'default=1, IN04=0.5, OUT03-05=0.2, M00
 def _inputs() -> dict[str, Any]:
     from ..unet_core.lora.blocks import NO_PRESET, PRESETS
 
-    try:
-        loras = get_host().list_files("loras")
-    except Exception as exc:  # noqa: BLE001 - a missing folder must not break INPUT_TYPES
-        log.warning("UNet Lab: cannot list LoRA files: %s", exc)
-        loras = []
+    loras = model_files("loras")
     return {"required": {
         "model": ("MODEL", {"tooltip": "The diffusion model to patch; it is left unchanged (a clone is patched)."}),
         "lora_name": (loras, {"tooltip": "A LoRA file from the loras folder (kohya, diffusers/PEFT, LyCORIS "

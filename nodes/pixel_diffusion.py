@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from .choices import model_files
 from .host import get_host
 from .host.paths import save_target
 
@@ -23,14 +24,6 @@ SAMPLERS = ["ddim", "dpmpp_2m", "ddpm"]
 SCHEDULES = ["auto", "linear", "cosine"]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SEED_MAX = 2**31 - 1
-
-
-def _files() -> list[str]:
-    try:
-        return get_host().list_files(FOLDER)
-    except Exception as exc:  # noqa: BLE001 - a missing folder must not break INPUT_TYPES
-        log.warning("UNet Lab: cannot list %s: %s", FOLDER, exc)
-        return []
 
 
 def _interruptible(report: Any) -> Any:
@@ -69,7 +62,7 @@ class UNetLabLoadPixelDiffusionUNet:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
-            "unet_name": (_files(), {"tooltip": "A pixel diffusion U-Net file in models/diffusion_models (for a "
+            "unet_name": (model_files(FOLDER), {"tooltip": "A pixel diffusion U-Net file in models/diffusion_models (for a "
                                                 "diffusers folder, its diffusion_pytorch_model file)."}),
             "weight_dtype": (list(DTYPES), {"default": "fp32", "tooltip": (
                 "Dtype of the weights while loaded: fp32 everywhere; fp16/bf16 halve memory on a GPU.")}),

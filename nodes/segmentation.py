@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 
-from ..unet_core.errors import HostError
 from ..unet_core.segmentation.checkpoint import SegmentationMeta, load_segmentation
 from ..unet_core.segmentation.inference.device_io import SEGMENT_SPEEDS
 from ..unet_core.segmentation.inference.outputs import OVERLAY_STYLES, compare_masks, overlay
@@ -20,6 +19,7 @@ from ..unet_core.segmentation.inference.segment import SegmentOptions, segment
 from ..unet_core.segmentation.inference.tiling import BLENDS
 from ..unet_core.segmentation.model import SegUNet
 from ..unet_core.segmentation.registry import ARCHITECTURES, VOLUME_ARCHITECTURES, build_model, is_volume_architecture
+from .choices import model_files
 from .host import get_host
 from .host.standalone_nodes import PreviewImage
 from .segmentation_common import (
@@ -49,11 +49,7 @@ SPEED_TOOLTIP = ("How the model runs. auto: fast on a CUDA GPU, exact elsewhere.
 
 
 def _model_choices() -> list[str]:
-    try:
-        files = get_host().list_files(FOLDER)
-    except (HostError, OSError):
-        files = []
-    return [NEW_PREFIX + a for a in ARCHITECTURES + VOLUME_ARCHITECTURES] + list(files)
+    return [NEW_PREFIX + a for a in ARCHITECTURES + VOLUME_ARCHITECTURES] + model_files(FOLDER)
 
 
 class UNetLabLoadSegmentationUNet:
