@@ -322,14 +322,14 @@ def train_segmentation_pairs(b: Builder) -> None:
            "- input/cells.tif: the image to segment (8/16-bit PNG or TIFF)\n"
            "- no model file needed: '(new) unet' builds a fresh U-Net; the trained one is saved to "
            "models/unet_segmentation/unet_lab/pairs_segmentation_NNNNN.safetensors\n\n"
-           "Training takes 200 steps of 4 random 128 px patches (a third centred on objects). With three "
-           "256 x 256 pairs (three quadrants of a 512 x 512 nuclei image) it finished in 21 s on 2 CPU "
-           "threads; a CUDA GPU trains in bf16 in seconds. Every pair trains (validation_fraction 0); set it to "
+           "Training takes 500 steps of 8 random 128 px patches (a third centred on objects). With three "
+           "256 x 256 pairs (three quadrants of a 512 x 512 nuclei image) it finished in 73-81 s on 2 CPU "
+           "threads, the whole workflow included; a CUDA GPU trains in bf16 in seconds. Every pair trains (validation_fraction 0); set it to "
            "0.2 to hold out a fifth of the pairs (at least one; a strip of the image when there is only one) "
            "and get their Dice in the training report.")
     model = b.add("UNetLabLoadSegmentationUNet", model_name="(new) unet", depth=3, base_channels=8, classes=1,
                   seed=0)
-    train = b.add("UNetLabTrainSegmentationUNet", steps=200, batch_size=4, learning_rate=0.01, schedule="cosine",
+    train = b.add("UNetLabTrainSegmentationUNet", steps=500, batch_size=8, learning_rate=0.01, schedule="cosine",
                   loss="ce+dice", augmentation="flips+rotations+brightness", border_weights=False,
                   validation_fraction=0.0, seed=0, filename_prefix="unet_lab/pairs_segmentation",
                   folder="my_pairs", patch_size=0, foreground_oversampling=0.33, speed="auto")
