@@ -14,6 +14,7 @@ import torch
 from .choices import model_files
 from .host import get_host
 from .host.paths import save_target
+from .progress import interruptible, progress_callback
 
 log = logging.getLogger(__name__)
 
@@ -24,17 +25,6 @@ SAMPLERS = ["ddim", "dpmpp_2m", "ddpm"]
 SCHEDULES = ["auto", "linear", "cosine"]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SEED_MAX = 2**31 - 1
-
-
-def _interruptible(report: Any) -> Any:
-    """``report`` wrapped so each call first lets the host stop the run (ComfyUI's cancel button)."""
-    host = get_host()
-
-    def call(done: int, total: int, extra: Any = None) -> None:
-        host.check_interrupted()
-        report(done, total, extra)
-
-    return call
 
 
 def _check(pixel_unet: Any, node: str) -> Any:
@@ -124,7 +114,7 @@ class UNetLabSamplePixelDiffusion:
             raise InputError(f"Sample Pixel Diffusion: steps {steps} exceed the model's "
                              f"{pm.config.num_train_timesteps} training steps")
         host = get_host()
-        on_progress = _interruptible(host.preview_progress(int(steps), None if unique_id is None else str(unique_id)))
+        on_progress = interruptible(host.preview_progress(int(steps), None if unique_id is None else str(unique_id)))
         try:
             images = sample_images(pm, SampleSettings(sampler, int(steps), float(eta), float(guidance)), int(seed),
                                    int(batch_size), int(size), int(class_label), schedule, host.device(),
@@ -197,7 +187,7 @@ class UNetLabTrainPixelDiffusionUNet:
             if root not in target.parents and target != root or not target.is_dir():
                 raise InputError(f"{node}: folder {folder!r} is not a folder inside the input folder {root}")
             images = folder_images(target, int(size))
-        progress = _interruptible(host.progress(int(steps), None if unique_id is None else str(unique_id)))
+        progress = progress_callback(int(steps), unique_id)
         settings = TrainSettings(steps=int(steps), batch_size=int(batch_size), learning_rate=float(learning_rate),
                                  ema_decay=float(ema_decay), seed=int(seed))
         try:

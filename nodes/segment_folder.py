@@ -21,8 +21,9 @@ from ..unet_core.segmentation.inference.folder_files import SUMMARY_NAME, write_
 from ..unet_core.segmentation.inference.segment import SegmentOptions
 from ..unet_core.segmentation.inference.tiling import BLENDS
 from .host import get_host
+from .progress import progress_callback
 from .segmentation import SPEED_TOOLTIP
-from .segmentation_common import CATEGORY, SEG_TYPE, check_seg_unet, progress_callback
+from .segmentation_common import CATEGORY, SEG_TYPE, check_seg_unet
 
 log = logging.getLogger(__name__)
 

@@ -22,13 +22,13 @@ from ..unet_core.segmentation.registry import ARCHITECTURES, VOLUME_ARCHITECTURE
 from .choices import model_files
 from .host import get_host
 from .host.standalone_nodes import PreviewImage
+from .progress import progress_callback
 from .segmentation_common import (
     CATEGORY,
     FOLDER,
     SEG_TYPE,
     check_save_prefix,
     check_seg_unet,
-    progress_callback,
     save_seg_unet,
     validation_message,
 )

@@ -1,4 +1,4 @@
-"""What the segmentation nodes share: the model folder, the SEG_UNET type, progress, checks, saving."""
+"""What the segmentation nodes share: the model folder, the SEG_UNET type, checks, saving."""
 
 from __future__ import annotations
 
@@ -15,18 +15,6 @@ from .host.paths import check_prefix, save_target
 FOLDER = "unet_segmentation"
 SEG_TYPE = "SEG_UNET"
 CATEGORY = "UNet Lab/segmentation"
-
-
-def progress_callback(total: int, unique_id: Any) -> Any:
-    """A progress callback reporting to the host, that stops the run when the user interrupts it."""
-    host = get_host()
-    report = host.progress(total, None if unique_id is None else str(unique_id))
-
-    def callback(done: int, total_now: int, message: str = "") -> None:
-        host.check_interrupted()
-        report(done, total_now, message)
-
-    return callback
 
 
 def check_seg_unet(seg: Any, node: str) -> SegUNet:

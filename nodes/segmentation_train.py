@@ -22,13 +22,13 @@ from ..unet_core.segmentation.training.losses import LOSSES
 from ..unet_core.segmentation.training.synthetic import make_synthetic
 from ..unet_core.segmentation.training.volume_loop import VolumeTrainConfig, split_volumes, train_volumes, volume_dice
 from .host import get_host
+from .progress import progress_callback
 from .segmentation_common import (
     CATEGORY,
     SEG_TYPE,
     check_save_prefix,
     check_seg_unet,
     pairs_folder,
-    progress_callback,
     save_seg_unet,
     validation_message,
 )

@@ -18,7 +18,8 @@ from ..unet_core.segmentation.inference.outputs import compare_masks
 from ..unet_core.segmentation.inference.volume import segment_volume
 from ..unet_core.segmentation.training.synthetic_volumes import make_synthetic_volumes
 from .host import get_host
-from .segmentation_common import CATEGORY, SEG_TYPE, check_seg_unet, progress_callback
+from .progress import progress_callback
+from .segmentation_common import CATEGORY, SEG_TYPE, check_seg_unet
 
 log = logging.getLogger(__name__)
 
