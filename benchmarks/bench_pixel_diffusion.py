@@ -10,7 +10,8 @@ Cases (fp16 on CUDA by default, bf16 with ``--dtype bf16``):
 Both models hold the same random weights (diffusers' state dict renamed by our key map). Each
 round runs the variants in a fresh random order (``_rounds``); the figure is the median step and
 the median of the paired ratios to diffusers eager. Variants: ``diffusers`` (eager), ``ours``
-(eager), ``ours_graph`` (the whole step captured in one CUDA graph, replayed). ``--ddim`` adds a
+(eager: its GroupNorms fused on CUDA, ``norm_act``), ``ours_eager_norm`` (the same with PyTorch's
+GroupNorm and SiLU), ``ours_graph`` (the whole step captured in one CUDA graph, replayed). ``--ddim`` adds a
 50-step DDIM sample end to end (ours ``sampling.sample`` against diffusers' ``DDIMPipeline``,
 same seed) for cifar10-32 and celebahq-256. Goal: ours at most 0.9x diffusers' step time.
 
@@ -61,11 +62,16 @@ def _graphed(fn, args: tuple, device: torch.device):
     return lambda: (graph.replay(), out)[1]
 
 
+def _with(context, fn, *args):
+    with context:
+        return fn(*args)
+
+
 def _pair(data: dict, tiny: bool, size: int, device: torch.device, dtype: torch.dtype):
     import diffusers
 
     core = "unet_lab.unet_core.pixel_diffusion"
-    infer = __import__(f"{core}.infer", fromlist=["x"])
+    infer = __import__("unet_lab.unet_core.checkpoints.pixel_infer", fromlist=["x"])
     keymap = __import__(f"{core}.keymap", fromlist=["x"])
     loading = __import__(f"{core}.loading", fromlist=["x"])
     data = {**data, "sample_size": size}
@@ -126,18 +132,25 @@ def step_case(name: str, batch: int, size: int, args, device, dtype) -> dict:
         ref, ours, config = _pair(CIFAR10 if name == "cifar10-32" else CELEBAHQ, args.tiny, size, device, dtype)
     x = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
     t = torch.randint(0, 1000, (batch,), device=device)
+    norm_act = __import__("unet_lab.unet_core.pixel_diffusion.norm_act", fromlist=["x"])
     fns = {"ours": lambda: ours(x, t)}
+    if device.type == "cuda":
+        fns["ours_eager_norm"] = lambda: _with(norm_act.eager_only(), ours, x, t)
     if ref is not None:
         fns["diffusers"] = lambda: ref(x, t).sample
         err = (ours(x, t).float() - ref(x, t).sample.float()).abs().max().item()
     else:
         err = None
+    fused_err = None
+    if "ours_eager_norm" in fns:
+        fused_err = (ours(x, t).float() - fns["ours_eager_norm"]().float()).abs().max().item()
     if device.type == "cuda":
         fns["ours_graph"] = _graphed(lambda: ours(x, t), (), device)
     times = _time(fns, device, args.rounds, args.warmup)
     params = sum(p.numel() for p in ours.parameters()) / 1e6
     result = {"case": name, "batch": batch, "size": size, "params_M": params,
-              "max_abs_diff_vs_diffusers": err, "variants": _summary(times, "diffusers" if ref is not None else None)}
+              "max_abs_diff_vs_diffusers": err,
+              "max_abs_diff_fused_norm_vs_eager": fused_err, "variants": _summary(times, "diffusers" if ref is not None else None)}
     log.info("%s", json.dumps(result))
     return result
 

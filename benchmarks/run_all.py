@@ -45,6 +45,8 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
                                                "unet_plus_plus", "smp_unet", "--json", "{json}"],
                      ["--quick", "--json", "{json}"]),
     "tiled": ("bench_tiled.py", ["--device", "cuda", "--compile", "--json", "{json}"], ["--quick", "--json", "{json}"]),
+    "pixel_diffusion": ("bench_pixel_diffusion.py", ["--ddim", "--json", "{json}"],
+                        ["--device", "cpu", "--tiny", "--json", "{json}"]),
 }
 
 
@@ -162,6 +164,16 @@ def table(results: dict[str, Any]) -> list[dict]:
         _row(rows, f"{label}: time", tiled["time_s"], "<= 2 s (8192 px)", tiled["time_s"] <= 2.0, "s")
         _row(rows, f"{label}: peak GPU memory", tiled["peak_gpu_gb"], "<= 8 GB (8192 px)",
              tiled["peak_gpu_gb"] <= 8.0, "GB")
+    pixel = results.get("pixel_diffusion", {})
+    for r in pixel.get("steps", []) + pixel.get("ddim", []):
+        ratio = r["variants"].get("ours", {}).get("ratio_to_diffusers")
+        if ratio is None:
+            continue
+        what = "50-step DDIM sample" if r["case"].startswith("ddim") else "step"
+        case = r["case"].split("-", 1)[1] if r["case"].startswith("ddim") else r["case"]
+        step = what == "step"
+        _row(rows, f"pixel diffusion {case} b{r['batch']} {what}: ours / diffusers UNet2DModel", ratio,
+             "<= 0.9" if step else "(<= 0.9)", ratio <= 0.9 if step else None, "x")
     return rows
 
 

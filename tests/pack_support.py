@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -41,3 +43,15 @@ def node_result(output):
     if isinstance(output, dict):
         return tuple(output["result"])
     return tuple(output)
+
+
+def run_in_triton_interpreter(test_file: str) -> None:
+    """Run ``tests/<test_file>`` in its own pytest process under ``TRITON_INTERPRET=1`` and require
+    that it passed with nothing skipped (Triton decides on interpretation when it is first
+    imported, which in this process may already have happened: torch and diffusers import it)."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             str(REPO_ROOT / "tests" / test_file)],
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]

@@ -9,6 +9,8 @@ pack's own errors (an input the model refuses) are not compile failures: they ar
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +25,12 @@ log = logging.getLogger(__name__)
 # Whether ``torch.compile`` is tracing the caller right now (always False on a torch without ``torch.compiler``);
 # the function itself, not a wrapper, so hot paths pay one call.
 is_compiling: Callable[[], bool] = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether Triton is installed (checked once; the fused kernels import it at their first launch)."""
+    return importlib.util.find_spec("triton") is not None
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -51,13 +51,18 @@ SYNTHETIC = {
         "smp_unet": {"target": {"available": False}},  # smp not installed: no row
         "attention_unet": _segmentation_arch("MONAI AttentionUnet eager", 1.5, 1.9, None)}},
     "tiled": {"image": [1, 8192, 8192, 3], "runs": {"fast": {"time_s": 0.5, "peak_gpu_gb": 2.4}}},
+    "pixel_diffusion": {
+        "steps": [{"case": "cifar10-32", "batch": 256, "variants": {"ours": {"ratio_to_diffusers": 0.79}}},
+                  {"case": "celebahq-256", "batch": 8, "variants": {"ours": {"ratio_to_diffusers": 0.91}}},
+                  {"case": "guided-256", "batch": 8, "variants": {"ours": {"median_ms": 68.0}}}],
+        "ddim": [{"case": "ddim50-cifar10-32", "batch": 256, "variants": {"ours": {"ratio_to_diffusers": 0.74}}}]},
 }
 
 
 def test_every_benchmark_gives_its_rows_with_values_targets_and_verdicts(run_all):
     rows = run_all.table(SYNTHETIC)
     by = _by_figure(rows)
-    assert len(by) == len(rows) == 18  # no figure twice
+    assert len(by) == len(rows) == 21  # no figure twice
     assert by["load sd1 fp16: time ours / safetensors.load_file"] == \
         {"figure": "load sd1 fp16: time ours / safetensors.load_file", "value": 0.94, "unit": "x",
          "target": "<= 1.1", "pass": True}
@@ -84,6 +89,11 @@ def test_every_benchmark_gives_its_rows_with_values_targets_and_verdicts(run_all
     assert not any(figure.startswith("smp_unet") for figure in by)
     assert by["8192x8192 tiled segmentation (fast): time"]["pass"] is True
     assert by["8192x8192 tiled segmentation (fast): peak GPU memory"]["unit"] == "GB"
+    assert by["pixel diffusion cifar10-32 b256 step: ours / diffusers UNet2DModel"]["pass"] is True
+    assert by["pixel diffusion celebahq-256 b8 step: ours / diffusers UNet2DModel"]["pass"] is False
+    ddim = by["pixel diffusion cifar10-32 b256 50-step DDIM sample: ours / diffusers UNet2DModel"]
+    assert ddim["value"] == 0.74 and ddim["pass"] is None  # a figure beside the step goal
+    assert not any("guided" in figure for figure in by)  # no diffusers model of that layout: no ratio
 
 
 def test_render_gives_one_markdown_line_per_row(run_all):

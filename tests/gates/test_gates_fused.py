@@ -12,17 +12,12 @@ import sys
 import pytest
 import torch
 
-from pack_support import REPO_ROOT
+from pack_support import REPO_ROOT, run_in_triton_interpreter
 
 
 def test_fused_gate_kernels_in_the_triton_interpreter():
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                             str(REPO_ROOT / "tests" / "interpreted_fused_gate.py")],
-                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-    assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
+    run_in_triton_interpreter("interpreted_fused_gate.py")
 
 
 def test_fused_path_is_refused_where_it_would_be_wrong():

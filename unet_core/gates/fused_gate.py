@@ -30,7 +30,6 @@ and left to the eager gate from then on; the call returns None, never raises.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from typing import Any
 
 import torch
 
-from ..compiling import is_compiling
+from ..compiling import is_compiling, triton_available
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +46,6 @@ _ELEMENTS_PER_STEP = 8192  # channel block x pixel block a program handles per l
 _MAX_TILES = 2048  # tiles per sample the apply phase reduces in one block
 _NUM_WARPS = 4
 _UNPLANNED: Any = object()  # a case not seen yet (None: seen, and left to the eager gate)
-
-
-@functools.cache
-def triton_available() -> bool:
-    """Whether Triton is installed (checked once; importing it is left to the first launch)."""
-    return importlib.util.find_spec("triton") is not None
 
 
 @functools.cache

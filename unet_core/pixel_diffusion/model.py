@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..pixel_unet_config import PixelUNetConfig
+from .norm_act import norm_act
 
 
 def timestep_features(t: torch.Tensor, config: PixelUNetConfig, fourier: torch.Tensor | None) -> torch.Tensor:
@@ -57,19 +58,18 @@ class ResBlock(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        norm, act, conv = self.in_layers
-        h = act(norm(x))
+        norm, _, conv = self.in_layers
+        h = norm_act(x, norm)
         if self.resample:
             h, x = self._resample(h), self._resample(x)
         h = conv(h)
         e = self.emb_layers(emb)[:, :, None, None].to(h.dtype)
-        norm2, act2, drop, conv2 = self.out_layers
+        norm2, _, drop, conv2 = self.out_layers
         if self.scale_shift:
-            scale, shift = e.chunk(2, dim=1)
-            h = torch.addcmul(shift, norm2(h), 1 + scale)
+            h = norm_act(h, norm2, scale_shift=tuple(e.chunk(2, dim=1)))
         else:
-            h = norm2(h + e)
-        h = conv2(drop(act2(h)))
+            h = norm_act(h, norm2, add=e)
+        h = conv2(drop(h))
         out = self.skip_connection(x) + h
         return out if self.scale == 1.0 else out / self.scale
 
@@ -86,7 +86,8 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, hgt, wid = x.shape
-        tokens = self.norm(x).flatten(2).transpose(1, 2)                       # [B, T, C]
+        normed = norm_act(x, self.norm, silu=False) if isinstance(self.norm, nn.GroupNorm) else x
+        tokens = normed.flatten(2).transpose(1, 2)                             # [B, T, C]
         qkv = F.linear(tokens, self.qkv.weight.squeeze(-1), self.qkv.bias)     # [B, T, 3C]
         heads, dim = self.heads, c // self.heads
         if self.order == "legacy":
@@ -202,7 +203,8 @@ class PixelUNet(nn.Module):
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, hs.pop()], dim=1), emb)
-        out = self.out(h)
+        norm, _, conv = self.out
+        out = conv(norm_act(h, norm))
         if self.config.time_embedding == "fourier":
             out = out / t.to(out.dtype).view(-1, 1, 1, 1)
         return out
