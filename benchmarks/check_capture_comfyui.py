@@ -9,7 +9,14 @@ Imports ComfyUI from a checkout and loads this pack the way ComfyUI loads a cust
 2. the pack's Accelerate UNet node on it, then ComfyUI's sampler path (``comfy.sample.sample``:
    KSampler, CFG, ``load_models_gpu``) for a few Euler steps with seeded noise and random
    conditioning shaped like CLIP output (``[[cond, {"pooled_output": ...}]]``), eager and
-   accelerated: bitwise equal, the first run capturing and a second one only replaying;
+   accelerated: bitwise equal, the first run capturing and a second one only replaying.
+   The runs pass one fixed sigma schedule (computed once on the CPU). KSampler's own schedule
+   depends on the model's load state: ``ModelSamplingDiscrete.sigma`` interpolates and
+   exponentiates on the device of its ``log_sigmas`` buffer, which is the CPU when KSampler is
+   built before the first load of a run and the GPU afterwards, and the two differ in the last
+   bits, so an eager run right after a load differs from the next eager run. Two checks
+   measure that: eager is reproducible across load states with the fixed schedule, and with
+   KSampler's own schedule accelerated equals eager when both run right after a load;
 3. ``comfy.model_management.unload_all_models()`` and ``soft_empty_cache()``: the accelerated run
    again equals eager, and the accelerator has captured anew (ComfyUI's detach dropped its graphs);
 4. a LoRA through core ``comfy.sd.load_lora_for_models`` (random kohya-named weights, strength 0.5
@@ -36,6 +43,7 @@ Needs what ``comfy.sd`` imports (torchvision among them), not ComfyUI's ``nodes`
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import importlib.util
 import json
@@ -67,6 +75,7 @@ def import_comfyui(checkout: str, device: torch.device) -> dict[str, ModuleType]
     import comfy.model_management
     import comfy.patcher_extension
     import comfy.sample
+    import comfy.samplers
     import comfy.sd
     import folder_paths
 
@@ -76,7 +85,7 @@ def import_comfyui(checkout: str, device: torch.device) -> dict[str, ModuleType]
     except (ImportError, AttributeError):
         pass
     log.info("ComfyUI %s from %s on %s", version, root, comfy.model_management.get_torch_device())
-    return {"sd": comfy.sd, "sample": comfy.sample, "mm": comfy.model_management,
+    return {"sd": comfy.sd, "sample": comfy.sample, "samplers": comfy.samplers, "mm": comfy.model_management,
             "extension": comfy.patcher_extension, "folder_paths": folder_paths, "version": version}
 
 
@@ -174,20 +183,30 @@ class LogTap(logging.Handler):
 
 @dataclass
 class Sampler:
-    """ComfyUI's sampler path with fixed noise, conditioning, steps and CFG."""
+    """ComfyUI's sampler path with fixed noise, conditioning, steps and CFG; ``sigmas`` fixes the
+    schedule (None: KSampler computes it from the model's ``model_sampling``, wherever that sits)."""
 
     comfy: dict
     config: Any
     size: int
     steps: int
+    sigmas: torch.Tensor | None = None
     seed: int = 42
 
     def __call__(self, model: Any) -> torch.Tensor:
         sample = self.comfy["sample"]
         latent = torch.zeros(1, 4, self.size, self.size)
         noise = sample.prepare_noise(latent, self.seed)
+        sigmas = None if self.sigmas is None else self.sigmas.clone()
         return sample.sample(model, noise, self.steps, 5.0, "euler", "normal", conditioning(self.config, 1),
-                             conditioning(self.config, 2), latent, denoise=1.0, disable_pbar=True, seed=self.seed)
+                             conditioning(self.config, 2), latent, denoise=1.0, disable_pbar=True, seed=self.seed,
+                             sigmas=sigmas)
+
+
+def schedule_on(comfy: dict, model: Any, steps: int, device: str) -> torch.Tensor:
+    """KSampler's "normal" schedule computed with a copy of the model's ``model_sampling`` on ``device``."""
+    sampling = copy.deepcopy(model.get_model_object("model_sampling")).to(device)
+    return comfy["samplers"].calculate_sigmas(sampling, "normal", steps).cpu()
 
 
 def accelerator_of(model: Any, comfy: dict, wrapper_key: str):
@@ -262,8 +281,10 @@ def check_family(pack: ModuleType, comfy: dict, family: str, args, device, dtype
     wanted = {"sd1": "SD15", "sdxl": "SDXL"}[family]
     if not checks.add(family, "ComfyUI loads the state dict (UNETLoader path)", detected == wanted, detected):
         return
-    sampler = Sampler(comfy, config, args.size or (64 if on_gpu else 8), args.steps)
+    sampler = Sampler(comfy, config, args.size or (64 if on_gpu else 8), args.steps,
+                      sigmas=schedule_on(comfy, base, args.steps, "cpu"))
     fast, accel = accelerate(pack, comfy, base, on_gpu, checks, family, sampler)
+    check_schedule_dependence(comfy, family, accel, sampler, base, fast, device, checks)
 
     eager = sampler(base)
     checks.add(family, "eager sampling output is finite", bool(torch.isfinite(eager).all()),
@@ -307,6 +328,27 @@ def check_family(pack: ModuleType, comfy: dict, family: str, args, device, dtype
     mm.unload_all_models()
     mm.soft_empty_cache()
     log.info("%s: %s", family, accel.stats.summary().replace("\n", "; "))
+
+
+def check_schedule_dependence(comfy: dict, family: str, accel, sampler: Sampler, base: Any, fast: Any,
+                              device: torch.device, checks: Checks) -> None:
+    """KSampler's own schedule moves with the load state (module docstring); the fixed one does not,
+    and with KSampler's own, accelerated equals eager in the same load state (right after a load)."""
+    mm = comfy["mm"]
+    on_cpu, on_device = schedule_on(comfy, base, sampler.steps, "cpu"), schedule_on(comfy, base, sampler.steps, device)
+    moved = float((on_cpu - on_device).abs().max())
+    mm.unload_all_models()
+    after_load = sampler(base)
+    later = sampler(base)
+    checks.add(family, "fixed schedule: eager right after a load == eager later", bitwise_equal(after_load, later),
+               f"KSampler's schedule on the CPU vs {device.type}: max |d sigma| {moved:.3g}")
+    own = Sampler(sampler.comfy, sampler.config, sampler.size, sampler.steps, sigmas=None)
+    mm.unload_all_models()
+    eager = own(base)
+    mm.unload_all_models()
+    compare(checks, family, "KSampler's own schedule, right after a load: accelerated == eager", accel, own, fast,
+            eager, None)
+    mm.unload_all_models()
 
 
 def check_low_vram(comfy: dict, family: str, accel, sampler: Sampler, base: Any, fast: Any, on_gpu: bool,
