@@ -6,6 +6,9 @@ with no renaming; diffusers ``UNet2DModel`` files are renamed into it by ``keyma
 attention projection ``qkv`` keeps guided-diffusion's ``[3C, C, 1]`` shape and is read as a
 token-major linear layer (a free view), with the head order the config names.
 
+Every GroupNorm runs through :func:`.norm_act.norm_act` with the add, scale-shift or SiLU around it:
+one fused Triton pass in CUDA inference, the modules' own ops elsewhere.
+
 Forward: ``model(x [B,C,H,W], t [B] float or int, class_labels [B] long | None) -> [B,out,H,W]``.
 """
 
@@ -86,8 +89,7 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, hgt, wid = x.shape
-        normed = norm_act(x, self.norm, silu=False) if isinstance(self.norm, nn.GroupNorm) else x
-        tokens = normed.flatten(2).transpose(1, 2)                             # [B, T, C]
+        tokens = norm_act(x, self.norm, silu=False).flatten(2).transpose(1, 2)  # [B, T, C]
         qkv = F.linear(tokens, self.qkv.weight.squeeze(-1), self.qkv.bias)     # [B, T, 3C]
         heads, dim = self.heads, c // self.heads
         if self.order == "legacy":

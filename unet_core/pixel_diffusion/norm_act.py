@@ -1,6 +1,6 @@
 """GroupNorm with what the pixel U-Net does around it, in one function: eager or one fused Triton pass.
 
-``norm_act(x, norm, add=, scale_shift=, silu=)`` computes, with ``e`` broadcast over pixels::
+``norm_act(x, norm, add=, scale_shift=, silu=)`` computes, with the ``[B, C, 1, 1]`` terms broadcast over pixels::
 
     y = norm(x + add)                        # add: [B, C, 1, 1] or None
     y = y * (1 + scale) + shift              # scale_shift: (scale, shift), each [B, C, 1, 1], or None
@@ -64,9 +64,9 @@ def fused_usable(x: torch.Tensor, norm: nn.GroupNorm) -> bool:
         return False
     if not on_launch_device(x) or is_compiling():
         return False
-    if torch.is_grad_enabled() and (x.requires_grad or norm.weight is None or norm.weight.requires_grad):
-        return False
     if norm.weight is None or norm.bias is None or not x.is_contiguous() or x.numel() >= 2**31:
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or norm.weight.requires_grad):
         return False
     return os.environ.get("UNET_LAB_FUSED_NORM", "1") != "0" and triton_available()
 
@@ -133,7 +133,8 @@ def eager_norm_act(x: torch.Tensor, norm: nn.Module, add: torch.Tensor | None = 
 
 def norm_act(x: torch.Tensor, norm: nn.Module, add: torch.Tensor | None = None,
              scale_shift: tuple[torch.Tensor, torch.Tensor] | None = None, silu: bool = True) -> torch.Tensor:
-    """``silu?(norm(x + add) * (1 + scale) + shift)`` (module docstring); fused where it applies."""
+    """``silu?(norm(x + add) * (1 + scale) + shift)`` (module docstring); fused where it applies.
+    ``norm`` may be any module (``nn.Identity`` where a block has no norm): only an ``nn.GroupNorm`` is fused."""
     if isinstance(norm, nn.GroupNorm) and fused_usable(x, norm):
         try:
             return _fused(x, norm, add, scale_shift, silu)
