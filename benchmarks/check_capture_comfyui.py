@@ -49,7 +49,7 @@ import importlib.util
 import json
 import logging
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -342,7 +342,7 @@ def check_schedule_dependence(comfy: dict, family: str, accel, sampler: Sampler,
     later = sampler(base)
     checks.add(family, "fixed schedule: eager right after a load == eager later", bitwise_equal(after_load, later),
                f"KSampler's schedule on the CPU vs {device.type}: max |d sigma| {moved:.3g}")
-    own = Sampler(sampler.comfy, sampler.config, sampler.size, sampler.steps, sigmas=None)
+    own = replace(sampler, sigmas=None)
     mm.unload_all_models()
     eager = own(base)
     mm.unload_all_models()
