@@ -30,6 +30,7 @@ training loop) and Segment Folder's summary (seconds of the folder run), which r
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import os
@@ -143,8 +144,6 @@ def node_rate(kind: str, text: str, batch: int) -> tuple[float, float]:
 def folder_split(summary: Path) -> tuple[float, float]:
     """(seconds of the first image, seconds of all the others) from Segment Folder's summary CSV:
     start-up costs (first kernels, allocator growth) land in the first image."""
-    import csv
-
     with summary.open(newline="") as f:
         rows = sorted((r for r in csv.DictReader(f) if r["status"] == "segmented"), key=lambda r: r["image"])
     seconds = [float(r["seconds"]) for r in rows]
