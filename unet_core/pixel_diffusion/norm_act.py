@@ -9,7 +9,7 @@
 The eager path is exactly the module's ops (``torch.addcmul`` for the scale-shift), so on the
 CPU and in training the model computes what it always did. On CUDA, without autograd, the same
 math runs as two launches of ``norm_kernels`` (statistics, then normalise-and-activate): the
-activation is read twice and written once, where eager reads it up to five times and writes it
+activation is read twice and written once, where eager reads it up to four times and writes it
 up to three. The fused result equals eager to a few units in the last place of the dtype (the
 statistics are fp32 in both, merged in a different order; eager rounds to the dtype after the
 norm and after the scale-shift, the kernel once at the end).
